@@ -1,0 +1,1 @@
+"""Fleet commands, one module per family; see docs/architecture.md."""
