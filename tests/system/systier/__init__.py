@@ -1,0 +1,1 @@
+"""Harness of the systemd tier: cached Debian rootfs, nspawn container, agent installation."""
