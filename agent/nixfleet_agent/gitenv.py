@@ -42,6 +42,23 @@ _REPO_LOCATORS = (
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s'\"@]+(?:@[^/\s'\"@]+)*)@")
 
 
+# Lines that name the real cause; git's own "fatal: Could not read from remote repository" does not.
+_ROOT_CAUSES = (
+    "Host key verification failed",
+    "Permission denied",
+    "Could not resolve hostname",
+    "Connection refused",
+    "Connection timed out",
+    "No route to host",
+    "not found in upstream origin",
+    "does not appear to be a git repository",
+    "Authentication failed",
+    "could not read Username",
+    "The requested URL returned error",
+    "unable to access",
+)
+
+
 class KeyFileError(Exception):
     """The SSH key is unusable; the message says which file and how to fix it."""
 
@@ -189,8 +206,9 @@ class GitResult:
         if self.timed_out:
             return "timed out"
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        causes = [line for line in lines if any(cause in line for cause in _ROOT_CAUSES)]
         fatal = [line for line in lines if line.startswith(("fatal:", "error:", "ERROR:"))]
-        pick = fatal[-1] if fatal else (lines[-1] if lines else f"exit status {self.exit_code}")
+        pick = (causes or fatal or lines or [f"exit status {self.exit_code}"])[-1]
         return redact(pick)
 
 

@@ -280,14 +280,14 @@ class Repo:
         argv = ["git", "clone", "--branch", self.branch, "--single-branch", "--no-tags", "--", self.url, str(tmp)]
         try:
             if run is not None:
-                code, reason = run(argv, env, self.path.parent), ""
+                code, reason, text = run(argv, env, self.path.parent), "", ""
             else:
                 result = gitenv.run_captured(argv, env, self.path.parent, self.cfg.git_timeout * 10)
                 for line, stream in result.lines():
                     _log.info("git_output", stream=stream, line=line)
-                code, reason = result.exit_code, result.error_text()
+                code, reason, text = result.exit_code, result.error_text(), result.stderr
             if code != 0:
-                raise RepoError(self._clone_failure(code, reason))
+                raise RepoError(self._clone_failure(code, reason, text))
             tmp.chmod(0o700)
             tmp.rename(self.path)
         finally:
@@ -295,17 +295,17 @@ class Repo:
                 shutil.rmtree(tmp, ignore_errors=True)
         _log.info("clone_done", path=self.path, head=self.generation())
 
-    def _clone_failure(self, code: int, reason: str) -> str:
+    def _clone_failure(self, code: int, reason: str, text: str) -> str:
         detail = reason or f"exit status {code}"
         hint = ""
-        if "Host key verification failed" in reason or "HOST IDENTIFICATION HAS CHANGED" in reason:
+        if "Host key verification failed" in text or "HOST IDENTIFICATION HAS CHANGED" in text:
             where = self.cfg.known_hosts_file or str(Path(self.cfg.state_dir) / "known_hosts")
             hint = f"; the server's SSH host key does not match {where}"
-        elif "Permission denied" in reason:
+        elif "Permission denied" in text:
             hint = "; the SSH key was not accepted by the server (is the deploy key installed?)"
-        elif "could not read Username" in reason or "terminal prompts disabled" in reason:
+        elif "could not read Username" in text or "terminal prompts disabled" in text:
             hint = "; the server wants credentials (private HTTPS repository without a token?)"
-        elif "Remote branch" in reason and "not found" in reason:
+        elif "Remote branch" in text and "not found" in text:
             hint = f"; check branch ({self.branch})"
         return f"cannot clone repo_url {self.url} (branch {self.branch}): {detail}{hint}"
 
