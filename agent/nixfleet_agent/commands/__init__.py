@@ -1,1 +1,154 @@
-"""Fleet commands, one module per family; see docs/architecture.md."""
+"""Fleet commands, one module per family; see docs/architecture.md.
+
+:class:`Context` is what ``agent.Agent`` hands to the :class:`~nixfleet_agent.dispatcher.Dispatcher`.
+:class:`Job` is what a command handler gets: one running command, with its name, its operation
+log, and the only ways a handler talks to the outside (``say``/``run``/``status``/``progress``),
+so every line it produces reaches both the dashboard and ``logs/<op-id>.log`` and every child it
+starts is PID-tracked (``stop``/``kill`` can reach it, heartbeats show it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from .. import oplog, runner
+from ..runner import Result
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from ..repo import Repo
+    from ..reporter import Reporter
+    from ..status import StatusStore
+
+
+@dataclass
+class Context:
+    cfg: "Config"
+    reporter: "Reporter"
+    status: "StatusStore"
+    repo: "Repo | None"
+    stop_event: threading.Event
+
+
+class Tracker:
+    """The dispatcher's side of a job: PID tracking and stop requests (implemented there)."""
+
+    def track(self, pid: int | None, detached: bool = False) -> None: ...
+    def cancelled(self) -> bool: ...
+    def sent_signal(self) -> int | None: ...
+
+
+class Job:
+    def __init__(self, ctx: Context, name: str, tracker: Tracker, op_id: str | None = None) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.tracker = tracker
+        self.op_id = op_id or oplog.new_op_id()
+        self.status_sent = False
+        self._log: oplog.OpLog | None = None
+        self._log_lock = threading.Lock()
+
+    # ----- output ---------------------------------------------------------------------------------
+
+    @property
+    def log(self) -> oplog.OpLog:
+        """Opened on first use so commands that print nothing do not push switch logs out."""
+        with self._log_lock:
+            if self._log is None:
+                try:
+                    self._log = oplog.open_log(Path(self.ctx.cfg.state_dir), self.op_id,
+                                               header=f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+                except OSError:
+                    self._log = oplog.NullLog()
+            return self._log
+
+    def close_log(self) -> None:
+        with self._log_lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    @property
+    def log_path(self) -> Path:
+        return oplog.logs_dir(Path(self.ctx.cfg.state_dir)) / f"{self.op_id}.log"
+
+    def say(self, line: str, stream: str = "stdout") -> None:
+        self.log.write(line, stream)
+        self.ctx.reporter.output(self.name, line, stream)
+
+    def err(self, line: str) -> None:
+        self.say(line, "stderr")
+
+    # ----- children -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        *,
+        mode: Literal["pty", "pipes"] = "pipes",
+        timeout: float | None = None,
+        sink: Any = None,
+    ) -> Result:
+        """Run a child (streamed, logged, PID-tracked). A pending stop skips it: exit 130."""
+        if self.tracker.cancelled():
+            return Result(exit_code=130, signal=15)
+        timer: threading.Timer | None = None
+        fired: list[bool] = []
+
+        def on_pid(pid: int | None) -> None:
+            nonlocal timer
+            self.tracker.track(pid)
+            if pid is not None and timeout:
+                def expire() -> None:
+                    fired.append(True)
+                    from ..operations import signal_group
+                    signal_group(pid, 9)
+
+                timer = threading.Timer(timeout, expire)
+                timer.daemon = True
+                timer.start()
+            elif pid is None and timer is not None:
+                timer.cancel()
+
+        result = runner.run(argv, command=self.name, reporter=sink or self.ctx.reporter, cwd=cwd, env=env,
+                            log=self.log, mode=mode, on_pid=on_pid)
+        if fired:
+            self.err(f"{argv[0]} timed out after {timeout:.0f}s and was killed")
+            result.start_error = result.start_error or f"timed out after {timeout:.0f}s"
+        return result
+
+    def run_fn(self) -> Callable[[Sequence[str], Mapping[str, str] | None, Path | None], int]:
+        """The ``RunFn`` that repo.py / flakeupdate.py expect."""
+
+        def _run(argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None) -> int:
+            return self.run(argv, env, cwd).exit_code
+
+        return _run
+
+    # ----- reporting ------------------------------------------------------------------------------
+
+    def status(self, status: str, exit_code: int, message: str = "", command: str | None = None) -> None:
+        if command is None or command == self.name:
+            self.status_sent = True
+        self.log.write(f"# status={status} exit_code={exit_code} message={message}")
+        self.ctx.reporter.status(command or self.name, status, exit_code, message)
+
+    def progress(self, phase: str, current: int, total: int, status: str) -> None:
+        self.ctx.reporter.progress(phase, current, total, status)
+
+    def stopped_status(self, result: Result) -> bool:
+        """If the user stopped this job, send the ``stopped`` status naming the signal; True if so."""
+        sig = self.tracker.sent_signal()
+        if sig is None:
+            return False
+        how = runner.signal_name(result.signal) if result.signal is not None else f"exit {result.exit_code}"
+        self.err(f"⏹  {self.name} stopped by user ({'terminated by ' + how if result.signal else how})")
+        self.status("stopped", result.exit_code or 130,
+                    f"stopped by user: {'terminated by ' + how if result.signal else 'ended with ' + how}")
+        return True

@@ -1,0 +1,52 @@
+"""``restart`` and ``reboot`` (``stop``/``kill`` live in the dispatcher, they need its PID state).
+
+``restart`` sends its ``status`` first (upstream sent none, leaving the op stuck until the hard
+timeout) and then asks the agent to exit with ``restart_exit_code`` so the service manager starts
+it again. ``reboot`` runs on its own thread (upstream slept 3 s in the message loop), uses
+``sudo -n`` when not root (a password prompt would hang forever) and reports failure as a
+``status`` error instead of an output line only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import log as logmod
+from ..runner import run as run_child
+from . import Context
+
+_log = logmod.get("control")
+
+REBOOT_DELAY = 3.0
+
+
+def restart(ctx: Context) -> None:
+    code = ctx.cfg.restart_exit_code
+    ctx.reporter.output("restart", f"♻️  Restarting agent (exit {code})...", "stdout")
+    ctx.reporter.status("restart", "ok", 0, "restarting")
+    _log.info("restart_requested", exit_code=code)
+    ctx.reporter.request_exit(code)
+
+
+def reboot_argv() -> list[str]:
+    if sys.platform == "darwin":
+        argv = ["shutdown", "-r", "now"]
+    else:
+        argv = ["systemctl", "reboot"]
+    return argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
+
+
+def reboot(ctx: Context) -> None:
+    rep = ctx.reporter
+    rep.output("reboot", "⚠️  Reboot command received. System will reboot in 3 seconds...", "stdout")
+    if ctx.stop_event.wait(REBOOT_DELAY):
+        rep.status("reboot", "error", 1, "agent shutting down; reboot cancelled")
+        return
+    result = run_child(reboot_argv(), command="reboot", reporter=rep)
+    if result.ok:
+        rep.status("reboot", "ok", 0, "reboot initiated")
+        return
+    why = result.describe()
+    rep.output("reboot", f"❌ Reboot failed: {why}. Check sudo permissions.", "stderr")
+    rep.status("reboot", "error", result.exit_code or 1, f"reboot failed: {why}")

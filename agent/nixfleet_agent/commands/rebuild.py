@@ -1,0 +1,306 @@
+"""``switch``, ``pull-switch``, ``rollback``, ``force-update``, ``force-rebuild`` - and finishing
+an operation a previous agent process started.
+
+Every system change runs as a detached operation (see ``operations``), so the rebuild survives the
+agent being restarted or booted out by the very switch it runs. The final ``status`` is sent by
+whichever agent process sees the result first, exactly once (the record is marked ``reported``).
+After a successful switch the agent re-registers (the dashboard completes a switch only on a new
+``register``), and exits with ``restart_exit_code`` only when its own installed package changed.
+
+Per platform (``cfg.rebuild_command`` replaces the program, arguments stay):
+  NixOS        ``[sudo -n] nixos-rebuild switch --flake <repo>#<host>`` (sudo only when not root
+               and not using the privileged launcher); rollback ``nixos-rebuild switch --rollback``
+  nix-darwin   ``[sudo -n] darwin-rebuild switch --flake <repo>#<host>``; rollback ``--rollback``
+  Home Manager ``home-manager switch --flake <repo>#<host>``; rollback activates the previous
+               generation picked *numerically* (``home-manager-11-link`` before ``-12-``), never the
+               current one (upstream sorted lexically and re-activated the only generation).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .. import log as logmod
+from .. import operations
+from ..runner import Result, signal_name
+from . import Job, agentpkg
+from .pulling import post_validation, pull_steps
+
+_log = logmod.get("rebuild")
+
+LABELS = {
+    "switch": "Switch", "pull-switch": "Pull+Switch", "rollback": "Rollback",
+    "force-update": "Force update", "force-rebuild": "Force rebuild",
+}
+SWITCH_LIKE = ("switch", "pull-switch", "force-update", "force-rebuild")
+NO_NEG_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
+
+
+def _base(job: Job) -> list[str]:
+    cfg = job.ctx.cfg
+    argv = list(cfg.rebuild_command)
+    if cfg.platform in ("nixos", "darwin") and cfg.switch_launcher != "privileged" and os.geteuid() != 0:
+        argv = ["sudo", "-n", *argv]
+    return argv
+
+
+def switch_argv(job: Job, extra: tuple[str, ...] = ()) -> list[str]:
+    cfg = job.ctx.cfg
+    repo = job.ctx.repo.path if job.ctx.repo is not None else Path(cfg.repo_dir)
+    return [*_base(job), "switch", "--flake", f"{repo}#{cfg.hostname}", *extra]
+
+
+def hm_profiles_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    primary = Path(state) / "nix/profiles"
+    legacy = Path("/nix/var/nix/profiles/per-user") / os.environ.get("USER", "")
+    if not (primary / "home-manager").exists() and (legacy / "home-manager").exists():
+        return legacy
+    return primary
+
+
+_GEN_RE = re.compile(r"^home-manager-(\d+)-link$")
+
+
+def hm_generations(profiles: Path) -> tuple[int | None, list[int]]:
+    """(current generation, all generation numbers ascending) from the profile links."""
+    try:
+        gens = sorted(int(m.group(1)) for p in profiles.iterdir() if (m := _GEN_RE.match(p.name)))
+    except OSError:
+        return None, []
+    current = None
+    try:
+        m = _GEN_RE.match(os.path.basename(os.readlink(profiles / "home-manager")))
+        current = int(m.group(1)) if m else None
+    except OSError:
+        pass
+    if current is None and gens:
+        current = gens[-1]
+    return current, gens
+
+
+def previous_generation(profiles: Path) -> int | None:
+    current, gens = hm_generations(profiles)
+    older = [g for g in gens if current is not None and g < current]
+    return older[-1] if older else None
+
+
+def _pre_system(platform: str) -> str:
+    path = Path("/run/current-system") if platform == "nixos" else hm_profiles_dir() / "home-manager"
+    if platform == "darwin":
+        path = Path("/run/current-system")
+    return os.path.realpath(path) if path.exists() else ""
+
+
+# ----- commands ------------------------------------------------------------------------------------
+
+
+def switch(job: Job) -> None:
+    _switch(job)
+
+
+def pull_switch(job: Job) -> None:
+    job.progress("pull", 0, 4, "in_progress")
+    code = pull_steps(job)
+    if code != 0:
+        job.progress("pull", 0, 4, "error")
+        if not job.stopped_status(Result(code)):
+            job.status("error", code or 1, f"pull failed (exit {code})")
+        job.ctx.reporter.heartbeat_now()
+        return
+    job.progress("pull", 4, 4, "complete")
+    _switch(job)
+
+
+def force_update(job: Job) -> None:
+    job.say("🚀 Force update: pull, update flake inputs, rebuild without negative cache")
+    job.say("━━━ Step 1/3: Git pull ━━━")
+    if pull_steps(job) != 0:
+        job.status("error", 1, "git pull failed")
+        return
+    job.say("━━━ Step 2/3: nix flake update ━━━")
+    repo = job.ctx.repo
+    cwd = repo.path if repo is not None else Path(job.ctx.cfg.repo_dir)
+    env = repo.git_env() if repo is not None else None
+    res = job.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "update"], env, cwd)
+    if not res.ok:
+        if not job.stopped_status(res):
+            job.status("error", res.exit_code or 1, "nix flake update failed")
+        return
+    if job.ctx.cfg.switch_launcher == "privileged":
+        job.err("note: the privileged switch builds the committed revision; the local flake.lock update is not used")
+    job.say("━━━ Step 3/3: Rebuild ━━━")
+    _switch(job, NO_NEG_CACHE)
+
+
+def force_rebuild(job: Job) -> None:
+    job.say("━━━ Rebuild (narinfo-cache-negative-ttl 0) ━━━")
+    _switch(job, NO_NEG_CACHE)
+
+
+def rollback(job: Job) -> None:
+    cfg = job.ctx.cfg
+    job.say("🔄 Rolling back to previous generation...")
+    if cfg.platform == "home-manager":
+        profiles = hm_profiles_dir()
+        current, _ = hm_generations(profiles)
+        prev = previous_generation(profiles)
+        if prev is None:
+            job.err(f"No previous generation found in {profiles} (current: {current if current is not None else 'none'})")
+            job.ctx.status.set("system", "error", "Rollback failed: no previous generation")
+            job.status("error", 1, "no previous generation")
+            job.ctx.reporter.heartbeat_now()
+            return
+        job.say(f"   Activating generation {prev} (current {current})")
+        argv = [str(profiles / f"home-manager-{prev}-link" / "activate")]
+    else:
+        argv = [*_base(job), "switch", "--rollback"]
+    job.ctx.status.set("system", "working", "Rollback in progress...")
+    op = _new_operation(job, "rollback", argv)
+    result = launch_and_follow(job, op)
+    if result is not None:
+        finish_operation(job, op, result)
+
+
+def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
+    repo = job.ctx.repo
+    if repo is None or not (repo.path / "flake.nix").exists():
+        why = (repo.last_error if repo is not None and repo.last_error else
+               f"no flake.nix in {repo.path if repo is not None else job.ctx.cfg.repo_dir}")
+        job.progress("system", 0, 3, "error")
+        job.err(f"❌ Cannot switch: repository not ready ({why})")
+        job.status("error", 1, f"repository not ready: {why}")
+        return
+    job.progress("system", 0, 3, "in_progress")
+    job.ctx.status.set("system", "working", "Switch in progress...")
+    op = _new_operation(job, "switch", switch_argv(job, extra))
+    job.say(f"$ {' '.join(op.argv)}" if op.launcher == "detached" else
+            f"requesting privileged switch of {op.commit[:7]} for {op.flake_attr}")
+    result = launch_and_follow(job, op)
+    if result is not None:
+        finish_operation(job, op, result)
+
+
+# ----- operations ----------------------------------------------------------------------------------
+
+
+def _new_operation(job: Job, action: str, argv: list[str]) -> operations.Operation:
+    cfg = job.ctx.cfg
+    launcher = "privileged" if cfg.switch_launcher == "privileged" else "detached"
+    log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
+    repo = job.ctx.repo
+    return operations.Operation(
+        id=job.op_id, command=job.name, action=action, argv=argv, launcher=launcher,
+        log_path=str(log_path), result_path=str(result_path),
+        cwd=str(repo.path) if repo is not None else "",
+        commit=repo.head() if repo is not None else "",
+        pre_generation=repo.generation() if repo is not None else "",
+        pre_system=_pre_system(cfg.platform), agent_before=agentpkg.fingerprint(cfg.platform),
+        flake_attr=cfg.hostname,
+    )
+
+
+def launch_and_follow(job: Job, op: operations.Operation) -> Result | None:
+    """Record, launch, follow. None when the agent shuts down first (the next agent reports)."""
+    ctx = job.ctx
+    state_dir = Path(ctx.cfg.state_dir)
+    job.log.write(f"# operation {op.id}: {' '.join(op.argv)}")
+    job.close_log()  # the wrapper appends to the same file from here on
+    if op.launcher == "detached":
+        try:
+            operations.save_offset(state_dir, op, Path(op.log_path).stat().st_size)
+        except OSError:
+            pass
+    if op.launcher == "privileged" and not op.commit:
+        job.err("❌ Cannot request a privileged switch: the repository has no commit")
+        return Result(exit_code=1, start_error="repository has no commit")
+    operations.save(state_dir, op)  # on disk before it starts
+    launcher: operations.Launcher = (operations.PrivilegedLauncher(state_dir) if op.launcher == "privileged"
+                                     else operations.DetachedLauncher())
+    try:
+        op.pid = launcher.start(op)
+    except OSError as exc:
+        msg = f"cannot start {op.launcher} switch: {exc.strerror or exc}"
+        job.err(msg)
+        return Result(exit_code=126, start_error=msg)
+    operations.save(state_dir, op)
+    _log.info("operation_started", id=op.id, command=op.command, launcher=op.launcher, pid=op.pid)
+    return follow_operation(job, op)
+
+
+def follow_operation(job: Job, op: operations.Operation) -> Result | None:
+    ctx = job.ctx
+    job.tracker.track(op.pid, detached=True)
+    request = operations.PrivilegedLauncher(ctx.cfg.state_dir).request_path() if op.launcher == "privileged" else None
+    try:
+        result = operations.follow(
+            Path(ctx.cfg.state_dir), op, lambda line: ctx.reporter.output(job.name, line, "stdout"),
+            ctx.stop_event, killed_by=job.tracker.sent_signal, request_path=request)
+    finally:
+        job.tracker.track(None)
+    if op.pid and op.launcher == "detached":
+        try:  # reap our own wrapper (it exits right after writing the result)
+            os.waitpid(op.pid, 0)
+        except ChildProcessError:
+            pass
+    return result
+
+
+def resume_operation(job: Job, op: operations.Operation) -> None:
+    """A previous agent process started ``op``: stream the rest and report it exactly once."""
+    job.say(f"↻ Agent restarted during {op.command} ({op.id}); resuming")
+    result = operations.read_result(Path(op.result_path))
+    if result is None:
+        job.progress("system", 0, 3, "in_progress")
+        job.ctx.status.set("system", "working", "Switch in progress..." if op.action == "switch" else "Rollback in progress...")
+        result = follow_operation(job, op)
+        if result is None:
+            return
+    else:  # finished while no agent watched: send what nobody streamed
+        operations.follow(Path(job.ctx.cfg.state_dir), op, lambda l: job.ctx.reporter.output(job.name, l, "stdout"),
+                          job.ctx.stop_event)
+    finish_operation(job, op, result)
+
+
+def finish_operation(job: Job, op: operations.Operation, result: Result) -> None:
+    ctx = job.ctx
+    label = LABELS.get(op.command, op.command)
+    stopped = job.tracker.sent_signal() is not None
+    restart, why = (agentpkg.restart_needed(ctx.cfg.platform, op.agent_before) if result.ok else (False, ""))
+    if result.ok:
+        if op.action == "rollback":
+            ctx.status.set("system", "ok", "Rollback successful (exit 0)")
+            ctx.status.set("tests", "outdated", "Tests not run — run Test to verify system after rollback")
+        else:
+            job.progress("system", 3, 3, "complete")
+            post_validation(job, "pull-switch" if op.command == "pull-switch" else "switch")
+            ctx.status.set("system", "ok", f"{label} successful (exit 0)")
+            ctx.status.set("tests", "outdated", "Tests not run — run Test to verify system")
+        if restart:
+            job.say(f"♻️  {why}: the agent restarts (exit {ctx.cfg.restart_exit_code}) to run the new version")
+        job.status("ok", 0, "force update complete" if op.command == "force-update" else "")
+    else:
+        if op.action != "rollback":
+            job.progress("system", 0, 3, "error")
+        if result.start_error:
+            job.err(f"❌ {result.start_error}")
+        if stopped:
+            ctx.status.set("system", "error", f"{label} stopped ({result.describe()})")
+            job.stopped_status(result)
+        else:
+            how = f"exit {result.exit_code}" + (f", {signal_name(result.signal)}" if result.signal else "")
+            ctx.status.set("system", "error", f"{label} failed ({how})")
+            job.err(f"❌ {label} failed ({result.describe()})")
+            job.status("error", result.exit_code or 1, result.start_error or f"{label.lower()} failed ({result.describe()})")
+    operations.mark_reported(Path(ctx.cfg.state_dir), op)
+    _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
+    ctx.reporter.heartbeat_now()
+    if not result.ok:
+        return
+    _log.info("post_switch", restart=restart, reason=why)
+    if restart:
+        ctx.reporter.request_exit(ctx.cfg.restart_exit_code)
+    elif op.command in SWITCH_LIKE:
+        ctx.reporter.request_reconnect()

@@ -1,0 +1,256 @@
+"""Busy flag, command routing, stop/kill, and resuming switches that outlived the previous agent.
+
+Why it looks like this:
+
+* The busy flag is taken under a lock *on the connection thread*, before the worker exists, so two
+  commands arriving in the same millisecond cannot both start (upstream set it inside the worker).
+* ``stop``, ``kill``, ``restart`` and ``reboot`` bypass the busy check and never block the message
+  loop: signalling is immediate, the SIGKILL escalation is a timer, reboot runs on its own thread.
+* Signals go to the child's own process group only (the runner starts each child in a new
+  session). The agent's own group is never signalled (upstream's stop killed the agent).
+* A command handler that raises still ends with a ``status`` error; nothing is left pending.
+* The tracked PID is cleared by the runner *before* it reaps the child, under the same lock stop
+  uses, so ``stop`` can never signal a recycled PID.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import traceback
+from typing import Callable
+
+from . import log as logmod
+from . import operations
+from .commands import Context, Job
+from .commands import registry
+
+_log = logmod.get("dispatcher")
+
+KILL_GRACE = 5.0  # kill_command's SIGTERM -> SIGKILL escalation (upstream 5 s; stop uses cfg.stop_grace)
+
+
+class Dispatcher:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._pid: int | None = None
+        self._detached = False  # the tracked PID is a detached operation (survives agent shutdown)
+        self._cancel = False
+        self._signal: int | None = None  # the last signal *we* sent to the current job
+        self._job: Job | None = None
+        self._worker: threading.Thread | None = None
+        watcher = threading.Thread(target=self._on_shutdown, name="dispatcher-shutdown", daemon=True)
+        watcher.start()
+
+    # ----- called on the connection thread (never block) -----------------------------------------
+
+    def on_command(self, name: str) -> None:
+        name = (name or "").strip()
+        if name in ("stop", "kill", "restart", "reboot"):
+            _log.info("command_received", command=name, busy=self._current or "")
+            if name == "stop":
+                self.stop()
+            elif name == "kill":
+                self.on_kill("SIGTERM", 0)
+            elif name == "restart":
+                registry.restart(self.ctx)
+            else:
+                threading.Thread(target=self._guard, args=("reboot", registry.reboot), name="reboot",
+                                 daemon=True).start()
+            return
+        with self._lock:
+            if self._current is not None:
+                current, pid = self._current, self._pid
+                rejected = True
+            else:
+                self._begin_locked(name)
+                rejected = False
+        if rejected:
+            _log.info("command_rejected", command=name, current=current, pid=pid)
+            self.ctx.reporter.rejected(current or "", pid)
+            return
+        _log.info("command_started", command=name)
+        self._start_worker(name, lambda job: registry.run(job))
+
+    def on_kill(self, signal_name: str, pid: int) -> None:
+        """``kill_command`` (and the ``kill`` command): SIGTERM then SIGKILL, or SIGKILL at once."""
+        with self._lock:
+            current, tracked = self._current, self._pid
+        say = self._say_for(current or "kill")
+        target = pid or tracked
+        if not target:
+            say("⚠️ No command running to kill")
+            return
+        if pid and pid != tracked:
+            say(f"❌ Refusing to kill PID {pid}: it is not the running command (PID {tracked or 'none'})")
+            return
+        say(f"⚠️ Received kill command: {signal_name} (PID {target})")
+        if signal_name == "SIGKILL":
+            self._send(target, signal.SIGKILL)
+            say("✓ SIGKILL sent")
+        elif signal_name == "SIGTERM":
+            error = self._send(target, signal.SIGTERM)
+            if error:
+                say(f"❌ Failed to send SIGTERM: {error}")
+                return
+            say("✓ SIGTERM sent, waiting for process to terminate...")
+            self._escalate(target, KILL_GRACE, lambda: say("⚠️ Process didn't terminate, sending SIGKILL..."))
+        else:
+            say(f"❌ Unknown signal: {signal_name}")
+
+    def stop(self) -> None:
+        with self._lock:
+            current, pid = self._current, self._pid
+            if current is not None and pid is None:
+                self._cancel = True  # between steps: the job's next child is not started
+                self._signal = signal.SIGTERM
+        reporter = self.ctx.reporter
+        if current is None:
+            reporter.status("stop", "error", 1, "no command running")
+            return
+        if pid is None:
+            reporter.status("stop", "ok", 0, f"stop requested: {current} stops before its next step")
+            return
+        error = self._send(pid, signal.SIGTERM)
+        if error:
+            reporter.status("stop", "error", 1, f"failed to terminate: {error}")
+            return
+        grace = float(getattr(self.ctx.cfg, "stop_grace", 3))
+        self._escalate(pid, grace, lambda: None)
+        reporter.status("stop", "ok", 0, f"sent SIGTERM to {current} (PID {pid}); SIGKILL after {grace:g}s")
+
+    def pending(self) -> tuple[str | None, int | None]:
+        with self._lock:
+            return self._current, self._pid
+
+    def emit(self, line: str, stream: str = "stdout") -> None:
+        """Route a note (e.g. from repo.py) to the running command's output, else to the log."""
+        job = self._job
+        if job is not None:
+            job.say(line, stream)
+        else:
+            _log.info("note", line=line, stream=stream)
+
+    def resume(self) -> None:
+        """Report switches/rollbacks a previous agent process started but did not report."""
+        ops = operations.unreported(self.ctx.cfg.state_dir)
+        if not ops:
+            return
+        with self._lock:
+            if self._current is not None:
+                return
+            self._begin_locked(ops[0].command)
+        _log.info("resuming_operations", count=len(ops), ids=",".join(op.id for op in ops))
+
+        def work(job: Job) -> None:
+            for i, op in enumerate(ops):
+                if i:
+                    job.close_log()
+                    job = self._new_job(op.command, op.id)
+                registry.resume_operation(job, op)
+
+        self._start_worker(ops[0].command, work, op_id=ops[0].id)
+
+    # ----- worker ------------------------------------------------------------------------------
+
+    def _begin_locked(self, name: str) -> None:
+        self._current, self._pid, self._detached = name, None, False
+        self._cancel, self._signal = False, None
+
+    def _new_job(self, name: str, op_id: str | None = None) -> Job:
+        job = Job(self.ctx, name, _Tracker(self), op_id)
+        with self._lock:
+            self._current, self._pid, self._signal, self._cancel = name, None, None, False
+        self._job = job
+        return job
+
+    def _start_worker(self, name: str, body: Callable[[Job], None], op_id: str | None = None) -> None:
+        job = Job(self.ctx, name, _Tracker(self), op_id)
+        self._job = job
+        self._worker = threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True)
+        self._worker.start()
+
+    def _work(self, job: Job, body: Callable[[Job], None]) -> None:
+        try:
+            body(job)
+        except Exception as exc:  # a bug must still end the command visibly
+            _log.error("command_crashed", command=job.name, error=repr(exc))
+            _log.debug("command_traceback", trace=traceback.format_exc())
+            try:
+                job.err(f"internal error in {job.name}: {exc!r}")
+                if not job.status_sent:
+                    job.status("error", 1, f"internal error: {exc}")
+            except Exception:
+                pass
+        finally:
+            job.close_log()
+            with self._lock:
+                self._current, self._pid, self._detached, self._job = None, None, False, None
+                self._cancel, self._signal = False, None
+            _log.info("command_finished", command=job.name)
+
+    def _guard(self, name: str, fn: Callable[[Context], None]) -> None:
+        try:
+            fn(self.ctx)
+        except Exception as exc:
+            _log.error("command_crashed", command=name, error=repr(exc))
+            self.ctx.reporter.status(name, "error", 1, f"internal error: {exc}")
+
+    # ----- signals -----------------------------------------------------------------------------
+
+    def _send(self, pid: int, signum: int) -> str | None:
+        with self._lock:
+            if pid != self._pid:
+                return None  # already gone (cleared before reaping): nothing to signal
+            self._signal = signum
+            return operations.signal_group(pid, signum)
+
+    def _escalate(self, pid: int, grace: float, announce: Callable[[], None]) -> None:
+        def fire() -> None:
+            with self._lock:
+                alive = pid == self._pid
+            if alive:
+                announce()
+                self._send(pid, signal.SIGKILL)
+
+        timer = threading.Timer(grace, fire)
+        timer.daemon = True
+        timer.start()
+
+    def _say_for(self, command: str) -> Callable[[str], None]:
+        def say(line: str) -> None:
+            job = self._job
+            if job is not None:
+                job.err(line)
+            else:
+                self.ctx.reporter.output(command, line, "stderr")
+
+        return say
+
+    def _on_shutdown(self) -> None:
+        """Agent shutdown: end attached children (a detached switch keeps running on its own)."""
+        self.ctx.stop_event.wait()
+        with self._lock:
+            pid, detached = self._pid, self._detached
+        if pid is not None and not detached:
+            _log.info("terminating_child_on_shutdown", pid=pid)
+            self._send(pid, signal.SIGTERM)
+
+
+class _Tracker:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._d = dispatcher
+
+    def track(self, pid: int | None, detached: bool = False) -> None:
+        with self._d._lock:
+            self._d._pid, self._d._detached = pid, detached and pid is not None
+
+    def cancelled(self) -> bool:
+        with self._d._lock:
+            return self._d._cancel
+
+    def sent_signal(self) -> int | None:
+        with self._d._lock:
+            return self._d._signal

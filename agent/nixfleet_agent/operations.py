@@ -1,0 +1,341 @@
+"""Switch and rollback as on-disk *operations* that survive the agent.
+
+Why: a switch replaces the agent's own package and unit; Home Manager boots the agent out in the
+middle of activation; systemd may restart it. A rebuild that is the agent's child, writing into the
+agent's pipes, dies with it or is killed by SIGPIPE (upstream P1920). So:
+
+1. The operation is recorded in ``operations/<id>.json`` *before* it starts (id, command, target
+   commit, pre-switch generation and system path, installed-agent fingerprint, log and result
+   paths); the launcher's PID is added once known.
+2. A *launcher* starts it outside the agent's process tree:
+   ``detached`` - a tiny Python wrapper in its own session (stdin ``/dev/null``, stdout+stderr
+   appended to ``logs/<id>.log``) that writes ``operations/<id>.result`` (JSON, atomically) when
+   the rebuild exits. The wrapper catches SIGTERM/SIGHUP/SIGINT (handlers, not SIG_IGN, so the
+   rebuild keeps default dispositions after exec) so that ``stop`` reaches the rebuild and the
+   wrapper still records how it ended.
+   ``privileged`` - NixOS: writes ``privileged/request.json`` for the root unit and follows
+   ``<privileged_dir>/<id>/output.log`` and ``result.json`` (contract in docs/architecture.md).
+3. The agent streams the operation by following the log file (read to EOF, then wait 50 ms; the
+   rebuild's output reaches the dashboard within tens of milliseconds) and keeps the streamed byte
+   offset in ``operations/<id>.offset`` (at most once a second), so a restarted agent resumes
+   where the previous one stopped instead of replaying the whole log.
+4. When the result exists and the log is drained, the final status is reported and the record is
+   marked ``reported`` - a restarted agent finds unreported records and reports each exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+from . import log as logmod
+from .oplog import ensure_private_dir, logs_dir
+from .runner import CHUNK, LineSplitter, Result
+
+_log = logmod.get("operations")
+
+FOLLOW_TICK = 0.05
+OFFSET_SAVE_EVERY = 1.0
+PICKUP_TIMEOUT = 60.0  # privileged request not consumed within this -> the root unit is missing
+
+# Runs as `python -c WRAPPER <result> <log> <cwd> argv...`; must stay dependency-free.
+WRAPPER = r"""
+import json, os, signal, subprocess, sys, time
+res, logp, cwd, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda *_: None)
+fd = os.open(logp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+out = {"exit_code": 1, "signal": None}
+try:
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=cwd or None)
+    code = p.wait()
+    out = {"exit_code": code if code >= 0 else 128 - code, "signal": -code if code < 0 else None}
+except OSError as e:
+    why = "not found" if isinstance(e, FileNotFoundError) else (e.strerror or str(e))
+    msg = "cannot start %s: %s" % (argv[0] if argv else "(empty)", why)
+    os.write(fd, (msg + "\n").encode())
+    out = {"exit_code": 127 if isinstance(e, FileNotFoundError) else 126, "signal": None, "error": msg}
+out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+tmp = res + ".tmp"
+with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    json.dump(out, f)
+os.replace(tmp, res)
+"""
+
+
+@dataclass
+class Operation:
+    id: str
+    command: str  # the dashboard's command name (switch, pull-switch, rollback, force-update, ...)
+    action: str  # switch | rollback (what the privileged side is asked to do)
+    argv: list[str]
+    launcher: str  # detached | privileged
+    log_path: str
+    result_path: str
+    cwd: str = ""
+    commit: str = ""
+    pre_generation: str = ""
+    pre_system: str = ""
+    agent_before: str = ""
+    flake_attr: str = ""
+    pid: int | None = None
+    started_at: float = field(default_factory=time.time)
+    reported: bool = False
+
+
+def ops_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "operations"
+
+
+def _write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save(state_dir: Path, op: Operation) -> None:
+    _write_json_atomic(ensure_private_dir(ops_dir(state_dir)) / f"{op.id}.json", asdict(op))
+
+
+def load_all(state_dir: Path) -> list[Operation]:
+    """All readable operation records, oldest first; a corrupt record is logged and skipped."""
+    out: list[Operation] = []
+    try:
+        paths = sorted(p for p in ops_dir(state_dir).glob("*.json") if not p.name.endswith(".tmp"))
+    except OSError:
+        return out
+    names = set(Operation.__dataclass_fields__)
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            out.append(Operation(**{k: v for k, v in data.items() if k in names}))
+        except (OSError, ValueError, TypeError) as exc:
+            _log.warn("operation_record_unreadable", file=str(path), error=str(exc))
+    return out
+
+
+def unreported(state_dir: Path) -> list[Operation]:
+    return [op for op in load_all(state_dir) if not op.reported]
+
+
+def mark_reported(state_dir: Path, op: Operation) -> None:
+    op.reported = True
+    save(state_dir, op)
+    prune(state_dir)
+
+
+def prune(state_dir: Path, keep: int = 20) -> None:
+    """Keep the newest ``keep`` reported records (with their result/offset files)."""
+    done = [op for op in load_all(state_dir) if op.reported]
+    directory = ops_dir(state_dir)
+    for op in done[: max(0, len(done) - keep)]:
+        for suffix in (".json", ".result", ".offset"):
+            try:
+                (directory / f"{op.id}{suffix}").unlink()
+            except OSError:
+                pass
+
+
+def read_result(path: Path) -> Result | None:
+    """Parse a result file written by the wrapper or the privileged unit; None while absent."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return Result(exit_code=1, start_error=f"unreadable result file {path}: {exc}")
+    if not isinstance(data, dict) or not isinstance(data.get("exit_code"), int):
+        return Result(exit_code=1, start_error=f"result file {path} has no integer exit_code")
+    sig = data.get("signal")
+    err = data.get("error")
+    return Result(exit_code=data["exit_code"], signal=sig if isinstance(sig, int) else None,
+                  start_error=str(err) if err else None)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # our own child that already exited is a zombie until reaped: reap it, it is dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+class Launcher(Protocol):
+    name: str
+
+    def start(self, op: Operation) -> int | None: ...
+
+
+class DetachedLauncher:
+    """Default: the rebuild runs in its own session under the wrapper; output to the op log."""
+
+    name = "detached"
+
+    def start(self, op: Operation) -> int | None:
+        ensure_private_dir(Path(op.log_path).parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, op.result_path, op.log_path, op.cwd, *op.argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+        return proc.pid
+
+
+class PrivilegedLauncher:
+    """NixOS: ask the root unit via ``<state_dir>/privileged/request.json`` (atomic rename)."""
+
+    name = "privileged"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.request_dir = Path(state_dir) / "privileged"
+
+    def start(self, op: Operation) -> int | None:
+        ensure_private_dir(self.request_dir)
+        request = {"id": op.id, "action": op.action, "commit": op.commit, "flake_attr": op.flake_attr}
+        _write_json_atomic(self.request_dir / "request.json", request)
+        return None
+
+    def request_path(self) -> Path:
+        return self.request_dir / "request.json"
+
+
+def paths_for(state_dir: Path, privileged_dir: Path, op_id: str, launcher: str) -> tuple[Path, Path]:
+    """(log, result) paths for an operation under the given launcher."""
+    if launcher == "privileged":
+        base = Path(privileged_dir) / op_id
+        return base / "output.log", base / "result.json"
+    return logs_dir(state_dir) / f"{op_id}.log", ops_dir(state_dir) / f"{op_id}.result"
+
+
+def load_offset(state_dir: Path, op: Operation) -> int:
+    try:
+        return int((ops_dir(state_dir) / f"{op.id}.offset").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def save_offset(state_dir: Path, op: Operation, offset: int) -> None:
+    path = ops_dir(state_dir) / f"{op.id}.offset"
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(str(offset))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def follow(
+    state_dir: Path,
+    op: Operation,
+    emit: Callable[[str], None],
+    stop_event: threading.Event,
+    killed_by: Callable[[], int | None] = lambda: None,
+    request_path: Path | None = None,
+) -> Result | None:
+    """Stream the operation's log via ``emit`` until its result exists and the log is drained.
+
+    Returns None when ``stop_event`` is set first (the agent is shutting down; the record stays
+    unreported for the next agent). ``killed_by()`` names a signal the agent itself sent, so an
+    operation whose wrapper was SIGKILLed (no result file) is reported as killed by it.
+    """
+    log_path, result_path = Path(op.log_path), Path(op.result_path)
+    offset = load_offset(state_dir, op)
+    splitter = LineSplitter(emit)
+    saved_at = time.monotonic()
+    fh = None
+    waited_since = time.monotonic()
+    try:
+        while True:
+            if fh is None:
+                try:
+                    fh = open(log_path, "rb")
+                    fh.seek(offset)
+                except FileNotFoundError:
+                    fh = None
+            data = fh.read(CHUNK) if fh is not None else b""
+            if data:
+                splitter.feed(data)
+                offset += len(data)
+                if time.monotonic() - saved_at >= OFFSET_SAVE_EVERY:
+                    save_offset(state_dir, op, offset)
+                    saved_at = time.monotonic()
+                continue
+            result = read_result(result_path)
+            if result is not None:
+                if fh is not None and fh.read(1):  # written between our last read and the result
+                    fh.seek(-1, os.SEEK_CUR)
+                    continue
+                splitter.close()
+                save_offset(state_dir, op, offset)
+                return result
+            if op.launcher == "detached" and not pid_alive(op.pid):
+                if read_result(result_path) is not None:
+                    continue
+                splitter.close()
+                save_offset(state_dir, op, offset)
+                sig = killed_by()
+                if sig is not None:
+                    return Result(exit_code=128 + sig, signal=sig)
+                return Result(exit_code=1, start_error="the switch process ended without writing a result "
+                                                         "(killed outside the agent?)")
+            if op.launcher == "privileged" and request_path is not None and fh is None:
+                if request_path.exists() and time.monotonic() - waited_since > PICKUP_TIMEOUT:
+                    try:
+                        request_path.unlink()
+                    except OSError:
+                        pass
+                    return Result(exit_code=1, start_error=(
+                        "privileged switch request was not picked up within "
+                        f"{PICKUP_TIMEOUT:.0f}s (is nixfleet-agent-privileged.path enabled?)"))
+                rejected = Path(op.log_path).parent.parent / "rejected.json"
+                if not request_path.exists() and rejected.exists() and rejected.stat().st_mtime >= op.started_at:
+                    return Result(exit_code=2, start_error=f"privileged switch request rejected: "
+                                                           f"{rejected.read_text(errors='replace')[:500]}")
+            if stop_event.wait(FOLLOW_TICK):
+                save_offset(state_dir, op, offset)
+                return None
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def signal_group(pid: int, signum: int) -> str | None:
+    """Signal the process group led by ``pid`` (never our own); returns an error text or None."""
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == os.getpgid(0):
+            os.kill(pid, signum)  # shares the agent's group (never ours): signal only the process
+        else:
+            os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return None
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
+
+
+def name_of(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
