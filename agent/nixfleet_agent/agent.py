@@ -1,0 +1,247 @@
+"""Wires config, repository, dashboard connection, heartbeats and command dispatch together.
+
+The agent owns the long-lived threads (see docs/architecture.md): the connection loop and its writer,
+the heartbeat ticker and, when the first repository preparation fails, a clone-retry thread. A broken
+repository or an unreachable git remote never keeps a host off the dashboard: the agent connects anyway
+and reports the problem in its status compartments while it retries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import buildinfo, log, protocol
+from .backoff import Backoff
+from .config import Config
+from .connection import Connection
+from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
+from .outbox import Message, Outbox
+from .reporter import Reporter
+from .status import StatusStore, ensure_private_dir
+
+_log = log.get("agent")
+
+
+def _optional_module(name: str) -> Any | None:
+    """Import a sibling module that another part of the project provides, if present."""
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith(name):
+            return None
+        raise
+
+
+class Agent:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.exit_code = 0
+        self._hb_wake = threading.Event()
+        os.umask(0o077)
+        ensure_private_dir(cfg.state_dir)
+        self.status = StatusStore(cfg.state_dir, cfg.git_timeout)
+        self.outbox = Outbox(cfg.outbox_max)
+        self.repo = self._make_repo()
+        self.facts: RepoFacts = self.repo if self.repo is not None else LocalRepoFacts(cfg.repo_dir)
+        self.reporter = Reporter(self.outbox, self.status, generation=self.facts.generation, stop=self.stop_event)
+        self.dispatcher = self._make_dispatcher()
+        self.heartbeat = Heartbeat(cfg, self.facts, self.status, self._pending)
+        self.connection = Connection(
+            cfg,
+            self.outbox,
+            build_register=lambda: protocol.encode("register", self.heartbeat.register_payload()),
+            on_message=self._on_message,
+            on_registered=self._hb_wake.set,
+            stop=self.stop_event,
+        )
+        self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit)
+        self._threads: list[threading.Thread] = []
+
+    # -- construction of the optional parts ------------------------------------------------------
+    def _make_repo(self) -> Any | None:
+        try:
+            module = _optional_module("repo")
+        except Exception as exc:  # noqa: BLE001
+            _log.error("repo_module_broken", error=f"{type(exc).__name__}: {exc}"[:300])
+            module = None
+        if module is None:
+            _log.warn("repo_module_missing", hint="repository management not available in this build")
+            return None
+        return module.Repo(self.cfg)
+
+    def _make_dispatcher(self) -> Any | None:
+        try:
+            dispatcher = _optional_module("dispatcher")
+            commands = _optional_module("commands")
+        except Exception as exc:  # noqa: BLE001 - a broken command layer must not keep the host offline
+            _log.error("commands_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        context_cls = getattr(commands, "Context", None) if commands else None
+        if dispatcher is None or context_cls is None:
+            _log.warn("commands_unavailable", hint="dispatcher not present; commands will be answered with an error")
+            return None
+        ctx = context_cls(cfg=self.cfg, reporter=self.reporter, status=self.status, repo=self.repo,
+                          stop_event=self.stop_event)
+        return dispatcher.Dispatcher(ctx)
+
+    # -- callbacks ---------------------------------------------------------------------------------
+    def _pending(self) -> tuple[str | None, int | None]:
+        if self.dispatcher is None:
+            return None, None
+        return self.dispatcher.pending()
+
+    def _on_message(self, message: protocol.Inbound) -> None:
+        if isinstance(message, protocol.Command):
+            _log.info("command_received", command=message.name)
+            if self.dispatcher is None:
+                self.reporter.status(message.name, "error", 1, "commands not available")
+            else:
+                self.dispatcher.on_command(message.name)
+        elif isinstance(message, protocol.KillCommand):
+            _log.info("kill_received", signal=message.signal, pid=message.pid)
+            if self.dispatcher is None:
+                self.reporter.output("kill", "⚠️ No command running to kill", "stderr")
+            else:
+                self.dispatcher.on_kill(message.signal, message.pid)
+
+    def _exit(self, code: int) -> None:
+        _log.info("exit_requested", code=code)
+        self.exit_code = code
+        self.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._hb_wake.set()
+
+    # -- threads -----------------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = float(self.cfg.interval)
+        next_due = time.monotonic() + interval
+        alive = self.cfg.state_dir / "alive"
+        while not self.stop_event.is_set():
+            woke = self._hb_wake.wait(max(0.0, next_due - time.monotonic()))
+            if self.stop_event.is_set():
+                break
+            if woke:
+                self._hb_wake.clear()
+            else:
+                next_due += interval
+                if next_due < time.monotonic():
+                    next_due = time.monotonic() + interval
+            _touch(alive)
+            if not self.connection.registered:
+                continue
+            try:
+                payload = self.heartbeat.heartbeat_payload()
+            except Exception as exc:  # noqa: BLE001 - never let one bad sample stop heartbeats
+                _log.error("heartbeat_failed", error=str(exc)[:200])
+                continue
+            self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
+
+    def _prepare_repo(self) -> None:
+        if self.repo is None:
+            return
+        try:
+            self.repo.ensure()
+        except Exception as exc:  # noqa: BLE001 - RepoError or worse: report and retry, never fatal
+            self._repo_failed(exc)
+            thread = threading.Thread(target=self._repo_retry_loop, name="repo-retry", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            return
+        self._repo_ok()
+
+    def _repo_failed(self, exc: BaseException) -> None:
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        self.status.set("git", "error", f"Repository unavailable: {message}")
+        self.status.note("repo_error", message)
+
+    def _repo_ok(self) -> None:
+        if self.status.get("git")["message"].startswith("Repository unavailable"):
+            self.status.set("git", "", "")
+        self.status.note("repo_error", "")
+        try:
+            self.status.refresh_lock(self.cfg.repo_dir, force=True)
+        except OSError:
+            pass
+
+    def _repo_retry_loop(self) -> None:
+        backoff = Backoff(2.0, 300.0)
+        while not self.stop_event.wait(max(1.0, backoff.next())):
+            ready = getattr(self.repo, "ready", None)
+            if callable(ready) and ready():
+                self._repo_ok()  # a command (pull) fixed it meanwhile
+                return
+            try:
+                self.repo.ensure()
+            except Exception as exc:  # noqa: BLE001
+                self._repo_failed(exc)
+                _log.warn("repo_retry_failed", retry_ceiling=backoff.ceiling())
+                continue
+            _log.info("repo_ready", path=str(self.cfg.repo_dir))
+            self._repo_ok()
+            self._hb_wake.set()
+            return
+
+    # -- main ---------------------------------------------------------------------------------------
+    def run(self) -> int:
+        _log.info(
+            "starting",
+            version=buildinfo.version(),
+            source_commit=buildinfo.source_commit(),
+            host=self.cfg.hostname,
+            url=self.cfg.url,
+            repo_dir=str(self.cfg.repo_dir),
+            isolated_mode=self.cfg.isolated,
+            platform=self.cfg.platform,
+            state_dir=str(self.cfg.state_dir),
+            pid=os.getpid(),
+        )
+        self._install_signals()
+        self._prepare_repo()
+        if self.dispatcher is not None:
+            try:
+                self.dispatcher.resume()
+            except Exception as exc:  # noqa: BLE001 - a bad record must not stop the agent
+                _log.error("resume_failed", error=str(exc)[:300])
+        self.connection.start()
+        ticker = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        ticker.start()
+        self._threads.append(ticker)
+        while not self.stop_event.wait(3600):
+            pass
+        _log.info("stopping", exit_code=self.exit_code)
+        self.outbox.drain(2.0)
+        self.connection.shutdown("shutdown")
+        self.outbox.close()
+        for thread in self._threads:
+            thread.join(2.0)
+        _log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: object) -> None:
+            _log.info("signal", name=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _touch(path: Path) -> None:
+    try:
+        path.touch(mode=0o600)
+        os.utime(path)
+    except OSError:
+        pass

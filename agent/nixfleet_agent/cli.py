@@ -1,0 +1,148 @@
+"""``nixfleet-agent``: run (default), ``check``, ``status``, ``--version``, ``--help``.
+
+Exit status: 0 ok, 1 check failed / runtime failure, 2 configuration error (one line per problem,
+never a traceback). ``--version`` keeps upstream's load-bearing first line ``nixfleet-agent <version>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import buildinfo, log
+from .config import ENV_VARS, Config, ConfigError, load, state_dir_only
+
+EXIT_CONFIG = 2
+
+_OVERRIDES = ("config", "url", "hostname", "log_level", "state_dir", "repo_dir", "repo_url", "branch",
+              "token_file", "interval")
+
+_EPILOG = "environment / TOML keys:\n" + "\n".join(
+    f"  {env:<28} {key}" for key, env in ENV_VARS.items()
+) + "\n  NIXFLEET_TOKEN               (environment only; or token_file / $CREDENTIALS_DIRECTORY/token)\n" \
+    "  NIXFLEET_CONFIG              path of the TOML file (same as --config)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nixfleet-agent",
+        description="Connects this host to a NixFleet dashboard and runs fleet commands on it.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "check", "status"),
+                        help="run the agent (default), check the configuration and connection, "
+                             "or show what the agent last did")
+    parser.add_argument("-v", "--version", action="store_true", help="print the version and source commit")
+    parser.add_argument("--check", action="store_true", help="same as the 'check' subcommand (upstream flag)")
+    parser.add_argument("--json", action="store_true", help="status: print JSON")
+    for key in _OVERRIDES:
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, metavar=key.split("_")[-1].upper(),
+                            help=f"overrides {ENV_VARS.get(key, 'NIXFLEET_CONFIG')}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.version:
+        print(f"nixfleet-agent {buildinfo.version()}")
+        print(f"source_commit {buildinfo.source_commit()}")
+        return 0
+    overrides = {key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None}
+    command = "check" if args.check else args.command
+    if command == "status":
+        return _status(overrides, args.json)
+    try:
+        cfg = load(overrides, os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"nixfleet-agent: config error: {problem}", file=sys.stderr)
+        if command == "check":
+            print(f"FAILED: configuration invalid ({len(exc.problems)} problem(s))")
+            return 1
+        return EXIT_CONFIG
+    log.setup(cfg.log_level)
+    if command == "check":
+        return _check(cfg)
+    from .agent import Agent
+
+    try:
+        agent = Agent(cfg)
+    except OSError as exc:
+        print(f"nixfleet-agent: cannot prepare state_dir {cfg.state_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    code = agent.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # worker threads of a finished command must not delay the exit the unit waits for
+
+
+def _check(cfg: Config) -> int:
+    from .connection import AuthError, describe, dial
+
+    started = time.monotonic()
+    try:
+        ws = dial(cfg)
+    except AuthError as exc:
+        print(f"FAILED: {cfg.url} rejected the token (HTTP {exc.status})")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any failure is the verdict
+        print(f"FAILED: cannot connect to {cfg.url}: {describe(exc)}")
+        return 1
+    latency = int((time.monotonic() - started) * 1000)
+    try:
+        ws.close(timeout=2)
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"OK: config valid; authenticated WebSocket to {cfg.url} as {cfg.hostname} ({latency} ms)")
+    return 0
+
+
+def _status(overrides: dict[str, str], as_json: bool) -> int:
+    from .status import read_state
+
+    state_dir = state_dir_only(overrides, os.environ)
+    state = read_state(state_dir)
+    state["state_dir"] = str(state_dir)
+    logs = sorted((state_dir / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime) if (state_dir / "logs").is_dir() else []
+    state["logs"] = [str(p) for p in logs[-20:]]
+    alive = state_dir / "alive"
+    state["alive_age_seconds"] = round(time.time() - alive.stat().st_mtime, 1) if alive.exists() else None
+    if as_json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+        return 0
+    print(_human(state))
+    return 0
+
+
+def _human(state: dict[str, Any]) -> str:
+    lines = [f"state dir: {state['state_dir']}"]
+    age = state.get("alive_age_seconds")
+    lines.append("agent: " + ("no heartbeat recorded" if age is None else f"last heartbeat tick {age:.0f} s ago"))
+    last = state.get("last_command")
+    if isinstance(last, dict):
+        lines.append(
+            f"last command: {last.get('command')} -> {last.get('status')} (exit {last.get('exit_code')})"
+            + (f": {last.get('message')}" if last.get("message") else "") + f" at {last.get('finished_at')}"
+        )
+    else:
+        lines.append("last command: none recorded")
+    compartments = state.get("compartments") or {}
+    for name in ("git", "lock", "system", "tests"):
+        entry = compartments.get(name) or {}
+        lines.append(f"  {name:<7} {entry.get('status') or 'unknown':<9} {entry.get('message', '')}")
+    extras = state.get("extras") or {}
+    if extras.get("repo_error"):
+        lines.append(f"repository problem: {extras['repo_error']}")
+    if state.get("logs"):
+        lines.append(f"latest operation log: {Path(state['logs'][-1])}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

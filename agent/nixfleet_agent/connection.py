@@ -1,0 +1,336 @@
+"""The dashboard session: dial with Bearer auth, register, keep the link provably alive, reconnect.
+
+One connection thread dials and reads; one writer thread per live socket is the only code that writes
+application frames (it also sends our pings and the pongs the reader asks for). A link is declared dead
+when nothing (pong or message) arrived for ``ping_timeout`` seconds, which catches half-open TCP that
+would otherwise look connected forever. Reconnects back off exponentially with full jitter; 401/403 is
+logged once per streak and waits the maximum so a fleet with a rotated token never hammers the server.
+"""
+
+from __future__ import annotations
+
+import select
+import ssl
+import threading
+import time
+from typing import Callable
+
+import websocket
+from websocket import ABNF
+
+from . import log, protocol
+from .backoff import Backoff
+from .config import Config
+from .outbox import Outbox
+
+STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
+_log = log.get("connection")
+
+
+class AuthError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def describe(exc: BaseException) -> str:
+    """A short, token-free description of a dial error."""
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        return f"HTTP {exc.status_code}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def dial(cfg: Config) -> websocket.WebSocket:
+    """Open one authenticated WebSocket; raises AuthError on 401/403, other exceptions otherwise."""
+    sslopt: dict[str, object] = {}
+    if cfg.ca_file:
+        sslopt["ca_certs"] = cfg.ca_file
+    ws = websocket.WebSocket(sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True)
+    try:
+        ws.connect(
+            cfg.url,
+            header=["Authorization: Bearer " + cfg.token.reveal()],
+            timeout=cfg.handshake_timeout,
+            suppress_origin=True,
+        )
+    except websocket.WebSocketBadStatusException as exc:
+        ws.shutdown()
+        if exc.status_code in (401, 403):
+            raise AuthError(exc.status_code) from None
+        raise
+    except BaseException:
+        ws.shutdown()
+        raise
+    ws.settimeout(cfg.ping_timeout)
+    return ws
+
+
+class _Session:
+    """State of one live socket; the writer thread and the reader share it."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self.ws = ws
+        self.dead = threading.Event()
+        self.registered = threading.Event()
+        self.pongs: list[bytes] = []
+        self.lock = threading.Lock()
+        self.close_reason: str | None = None
+        self.registered_ever = False
+
+
+class Connection:
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: Outbox,
+        *,
+        build_register: Callable[[], str],
+        on_message: Callable[[protocol.Inbound], None],
+        on_registered: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self._build_register = build_register
+        self._on_message = on_message
+        self._on_registered = on_registered
+        self._stop = stop
+        self._session: _Session | None = None
+        self._thread: threading.Thread | None = None
+        self._reconnect_now = threading.Event()
+        self._wake = threading.Event()
+        self.attempts = 0
+        self.sessions = 0
+
+    # -- public --------------------------------------------------------------------------------
+    @property
+    def registered(self) -> bool:
+        session = self._session
+        return bool(session and session.registered.is_set() and not session.dead.is_set())
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="connection", daemon=True)
+        self._thread.start()
+
+    def reconnect(self) -> None:
+        """Close the live socket (1000) and register again right away (switch completion)."""
+        self._reconnect_now.set()
+        self._close_session("reconnect")
+
+    def shutdown(self, reason: str = "shutdown", timeout: float = 5.0) -> None:
+        """Close with 1000 and end the loop; the caller has already set the stop event."""
+        self._wake.set()
+        self._close_session(reason)
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # -- connection loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        backoff = Backoff(1.0, float(self.cfg.backoff_max))
+        auth_streak = 0
+        while not self._stop.is_set():
+            self.attempts += 1
+            try:
+                ws = dial(self.cfg)
+            except AuthError as exc:
+                auth_streak += 1
+                delay = backoff.to_max()
+                if auth_streak == 1:
+                    _log.error("auth_failed", status=exc.status, url=self.cfg.url, retry_in=round(delay, 1),
+                               hint="token rejected by the dashboard; retrying at the maximum backoff")
+                else:
+                    _log.debug("auth_failed", status=exc.status, streak=auth_streak, retry_in=round(delay, 1))
+            except Exception as exc:  # noqa: BLE001 - any dial failure means: wait and retry
+                delay = backoff.next()
+                _log.warn("connect_failed", url=self.cfg.url, error=describe(exc), retry_in=round(delay, 1))
+            else:
+                if auth_streak:
+                    _log.info("auth_recovered", after_failures=auth_streak)
+                auth_streak = 0
+                started = time.monotonic()
+                registered = self._run_session(ws)
+                if self._stop.is_set():
+                    break
+                if registered and time.monotonic() - started >= STABLE_AFTER:
+                    backoff.reset()
+                if self._reconnect_now.is_set():
+                    self._reconnect_now.clear()
+                    backoff.reset()
+                    delay = 0.0
+                else:
+                    delay = backoff.next()
+                _log.info("reconnecting", retry_in=round(delay, 1))
+            self._wake.clear()
+            self._wake.wait(delay)  # also set by shutdown()
+
+    def _run_session(self, ws: websocket.WebSocket) -> bool:
+        session = _Session(ws)
+        self.sessions += 1
+        try:
+            ws.send(self._build_register())  # first frame on every connection, before the writer runs
+        except Exception as exc:  # noqa: BLE001
+            _log.warn("register_send_failed", error=describe(exc))
+            _abort(ws)
+            return False
+        self._session = session
+        _log.info("connected", url=self.cfg.url, session=self.sessions)
+        writer = threading.Thread(target=self._writer, args=(session,), name="writer", daemon=True)
+        writer.start()
+        reason = "closed"
+        try:
+            reason = self._reader(session)
+        finally:
+            session.dead.set()
+            session.registered.clear()
+            self.outbox.set_live(False)
+            self.outbox.kick()
+            writer.join(self.cfg.ping_timeout + 5)
+            _abort(ws)
+            self._session = None
+        level = _log.info if session.close_reason or self._stop.is_set() else _log.warn
+        level("disconnected", reason=session.close_reason or reason, queued=len(self.outbox))
+        return session.registered_ever
+
+    def _reader(self, session: _Session) -> str:
+        ws = session.ws
+        last_rx = time.monotonic()
+        fragments: list[bytes] = []
+        fragments_size = 0
+        while not session.dead.is_set():
+            deadline = last_rx + self.cfg.ping_timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _log.warn("ping_timeout", seconds=self.cfg.ping_timeout,
+                          hint="no pong or message from the dashboard; treating the link as dead")
+                return "ping timeout"
+            sock = ws.sock
+            if sock is None:
+                return "socket closed"
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            if not pending:
+                try:
+                    readable, _, _ = select.select([sock], [], [], remaining)
+                except (OSError, ValueError):
+                    return "socket closed"
+                if not readable:
+                    continue
+            if session.dead.is_set():
+                break
+            try:
+                frame = ws.recv_frame()
+            except websocket.WebSocketTimeoutException:
+                return "read timeout"
+            except websocket.WebSocketConnectionClosedException:
+                return "connection closed by peer"
+            except Exception as exc:  # noqa: BLE001 - protocol error or socket error: the session is over
+                return describe(exc)
+            last_rx = time.monotonic()
+            opcode = frame.opcode
+            if opcode == ABNF.OPCODE_PING:
+                with session.lock:
+                    session.pongs.append(bytes(frame.data[:125]))
+                self.outbox.kick()
+            elif opcode == ABNF.OPCODE_PONG:
+                continue
+            elif opcode == ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else 1005
+                return f"closed by dashboard (code {code})"
+            elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
+                if opcode != ABNF.OPCODE_CONT:
+                    fragments, fragments_size = [], 0
+                fragments.append(bytes(frame.data))
+                fragments_size += len(frame.data)
+                if fragments_size > protocol.MAX_INBOUND_BYTES:
+                    _log.warn("message_ignored", reason="frame too large", size=fragments_size)
+                    fragments, fragments_size = [], 0
+                    continue
+                if frame.fin:
+                    data = b"".join(fragments)
+                    fragments, fragments_size = [], 0
+                    self._handle(session, data)
+        return "closed"
+
+    def _handle(self, session: _Session, data: bytes) -> None:
+        try:
+            message = protocol.parse(data)
+        except protocol.ProtocolError as exc:
+            sample = data[:120].decode("utf-8", "replace")
+            _log.warn("message_ignored", type=exc.kind or "?", reason=exc.reason, sample=sample)
+            return
+        if isinstance(message, protocol.Registered):
+            first = not session.registered.is_set()
+            session.registered.set()
+            session.registered_ever = True
+            self.outbox.set_live(True)
+            if first:
+                _log.info("registered", host=message.host_id or self.cfg.hostname, queued=len(self.outbox))
+                self._on_registered()
+            return
+        try:
+            self._on_message(message)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the session
+            _log.error("message_handler_failed", type=type(message).__name__, error=describe(exc))
+
+    # -- writer --------------------------------------------------------------------------------
+    def _writer(self, session: _Session) -> None:
+        ws = session.ws
+        next_ping = time.monotonic() + self.cfg.ping_interval
+        try:
+            while not session.dead.is_set():
+                with session.lock:
+                    pongs, session.pongs = session.pongs, []
+                for payload in pongs:
+                    ws.pong(payload)
+                now = time.monotonic()
+                if now >= next_ping:
+                    ws.ping()
+                    next_ping = now + self.cfg.ping_interval
+                if session.registered.is_set():
+                    message = self.outbox.peek()
+                    if message is not None:
+                        ws.send(message.text)
+                        self.outbox.pop()
+                        continue
+                self.outbox.wait(max(0.0, next_ping - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - a failed write ends the session; the reader notices
+            if not session.dead.is_set():
+                _log.warn("write_failed", error=describe(exc))
+            session.dead.set()
+            _shutdown_socket(ws)
+
+    def _close_session(self, reason: str) -> None:
+        session = self._session
+        if session is None or session.dead.is_set():
+            return
+        session.close_reason = reason
+        session.dead.set()
+        self.outbox.kick()
+        try:
+            session.ws.send_close(websocket.STATUS_NORMAL, reason.encode())
+        except Exception:  # noqa: BLE001 - already broken; closing anyway
+            pass
+        _shutdown_socket(session.ws)
+
+
+def _shutdown_socket(ws: websocket.WebSocket) -> None:
+    """Wake a reader blocked in select() by shutting the socket down (close alone does not)."""
+    sock = ws.sock
+    if sock is None:
+        return
+    try:
+        sock.shutdown(2)
+    except OSError:
+        pass
+
+
+def _abort(ws: websocket.WebSocket) -> None:
+    _shutdown_socket(ws)
+    try:
+        ws.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
