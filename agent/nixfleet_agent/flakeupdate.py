@@ -45,6 +45,10 @@ _NO_ACCESS_MARKERS = (
 )
 
 
+# "[remote rejected]" reasons that mean "someone else was faster", not "you may not push".
+_RACE_MARKERS = ("lock", "failed to update ref", "incorrect old value", "stale info", "fetch first", "non-fast-forward")
+
+
 @dataclass(frozen=True)
 class InputChange:
     name: str
@@ -118,8 +122,11 @@ def classify_push(result: gitenv.GitResult) -> str:
     refs = [line for line in result.stdout.splitlines() if line.startswith("!")]
     if any("[rejected]" in line for line in refs):
         return "rejected"
-    if any("[remote rejected]" in line for line in refs):
-        return "no-access"
+    remote = [line.lower() for line in refs if "[remote rejected]" in line]
+    if any(marker in line for line in remote for marker in _RACE_MARKERS):
+        return "rejected"  # another push updated the ref at the same moment
+    if remote:
+        return "no-access"  # a hook, branch protection or permission on the server said no
     text = (result.stdout + "\n" + result.stderr).lower()
     if any(marker in text for marker in _NO_ACCESS_MARKERS):
         return "no-access"

@@ -1,0 +1,219 @@
+"""``update`` with a real ``nix flake update``: commit, push, rejected-push retry, no push access."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pytest
+from conftest import Collect, Emitted, FlakeRemote, make_cfg, sh_git
+
+from nixfleet_agent import flakeupdate
+from nixfleet_agent.flakeupdate import UpdateResult
+from nixfleet_agent.repo import Repo
+
+pytestmark = pytest.mark.usefixtures("need_nix")
+
+
+def locked_rev(lock_text: str) -> str:
+    return str(json.loads(lock_text)["nodes"]["dep"]["locked"]["rev"])
+
+
+def no_sleep() -> float:
+    return 0.0
+
+
+@pytest.fixture
+def flake(tmp_path: Path) -> FlakeRemote:
+    return FlakeRemote(tmp_path / "remotes")
+
+
+def test_update_commits_and_pushes_the_new_lock(tmp_path: Path, flake: FlakeRemote, run: Collect, emitted: Emitted) -> None:
+    old_rev = locked_rev(flake.show("flake.lock"))
+    new_rev = flake.bump_dep("dep v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
+    repo.ensure()
+    result = flakeupdate.update(repo, run)
+    assert result.outcome == "pushed" and result.exit_code == 0 and not result.needs_pull_switch
+    assert locked_rev(flake.show("flake.lock")) == new_rev
+    assert flake.head() == result.commit == repo.head()
+    subject, author, body = flake.log("%s%n%ae%n%b")[:3]
+    assert subject == "flake.lock: update dep"
+    assert author == "nixfleet-agent@testhost"
+    assert body == "Updated by nixfleet-agent on testhost:"
+    message = sh_git("--git-dir", str(flake.bare), "log", "-1", "--format=%B", "main")
+    assert f"• dep: {old_rev[:7]} → {new_rev[:7]}" in message
+    changed = sh_git("--git-dir", str(flake.bare), "show", "--name-only", "--format=", "main")
+    assert changed == "flake.lock"
+    assert any(c[-2:] == ["flake", "update"] for c in run.calls)
+    assert f"dep {old_rev[:7]} → {new_rev[:7]}" in result.message
+
+
+def test_update_with_nothing_new_reports_up_to_date(tmp_path: Path, flake: FlakeRemote, run: Collect) -> None:
+    before = flake.head()
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
+    repo.ensure()
+    result = flakeupdate.update(repo, run)
+    assert result.outcome == "up-to-date" and result.exit_code == 0
+    assert "already up to date" in result.message
+    assert flake.head() == before
+
+
+def test_configured_author_identity_is_used(tmp_path: Path, flake: FlakeRemote, run: Collect) -> None:
+    flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url, git_author_name="Fleet Bot", git_author_email="bot@example.org"))
+    repo.ensure()
+    assert flakeupdate.update(repo, run).outcome == "pushed"
+    assert flake.log("%an <%ae> / %cn <%ce>")[0] == "Fleet Bot <bot@example.org> / Fleet Bot <bot@example.org>"
+
+
+class RaceRun(Collect):
+    """Another host pushes right after our first ``nix flake update`` ran (a real push, real git)."""
+
+    def __init__(self, other: FlakeRemote) -> None:
+        super().__init__()
+        self.other = other
+        self.fired = False
+        self.count = 0
+
+    def __call__(self, argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None) -> int:
+        code = super().__call__(argv, env, cwd)
+        if not self.fired and list(argv[-2:]) == ["flake", "update"]:
+            self.fired = True
+            self.other.sync()
+            self.count += 1
+            self.other.commit({"hosts/web9.nix": f"{{ n = {self.count}; }}\n"}, "admin adds web9")
+        return code
+
+
+def test_rejected_push_is_redone_on_top_of_the_remote(tmp_path: Path, flake: FlakeRemote, emitted: Emitted) -> None:
+    new_rev = flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
+    repo.ensure()
+    race = RaceRun(flake)
+    result = flakeupdate.update(repo, race, rand=no_sleep)
+    assert result.outcome == "pushed" and result.attempts == 2
+    assert "push rejected" in emitted.text()
+    subjects = flake.log("%s")
+    assert subjects[:2] == ["flake.lock: update dep", "admin adds web9"]  # linear, nothing lost
+    assert sh_git("--git-dir", str(flake.bare), "rev-list", "--merges", "main") == ""
+    assert locked_rev(flake.show("flake.lock")) == new_rev
+
+
+def test_gives_up_after_bounded_attempts(tmp_path: Path, flake: FlakeRemote, emitted: Emitted) -> None:
+    flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url, update_attempts=2), emit=emitted)
+    repo.ensure()
+
+    class AlwaysRace(RaceRun):
+        def __call__(self, argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None) -> int:
+            self.fired = False
+            return super().__call__(argv, env, cwd)
+
+    result = flakeupdate.update(repo, AlwaysRace(flake), rand=no_sleep)
+    assert result.outcome == "failed" and result.exit_code != 0 and result.attempts == 2
+    assert "gave up after 2 attempts" in result.message
+    assert repo.head() == sh_git("rev-parse", "origin/main", cwd=repo.path)  # no stray local commit
+    assert flake.log("%s")[0] == "admin adds web9"
+
+
+def test_two_agents_updating_at_once_both_finish_linearly(tmp_path: Path, flake: FlakeRemote) -> None:
+    new_rev = flake.bump_dep("v2")
+    repos = [Repo(make_cfg(tmp_path / f"host{i}", repo_url=flake.url, hostname=f"host{i}")) for i in (1, 2)]
+    for repo in repos:
+        repo.ensure()
+    results: list[UpdateResult] = []
+    gate = threading.Barrier(2)
+
+    def agent(repo: Repo) -> None:
+        gate.wait(10)
+        results.append(flakeupdate.update(repo, Collect(), backoff_base=0.2))
+
+    threads = [threading.Thread(target=agent, args=(r,)) for r in repos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes in (["pushed", "pushed"], ["pushed", "up-to-date"]), [r.message for r in results]
+    assert sh_git("--git-dir", str(flake.bare), "rev-list", "--merges", "main") == ""
+    assert locked_rev(flake.show("flake.lock")) == new_rev
+    updates = [s for s in flake.log("%s") if s.startswith("flake.lock")]
+    assert len(updates) == outcomes.count("pushed")
+    if "up-to-date" in outcomes:
+        assert any("already up to date" in r.message for r in results)
+
+
+def test_read_only_git_daemon_remote_falls_back_to_pull_switch(tmp_path: Path, git_daemon, served: Path, emitted: Emitted) -> None:  # type: ignore[no-untyped-def]
+    flake = FlakeRemote(served / "ro")
+    flake.bump_dep("v2")
+    before = flake.head()
+    repo = Repo(make_cfg(tmp_path, repo_url=git_daemon.url(flake.bare)), emit=emitted)
+    repo.ensure()
+    result = flakeupdate.update(repo, Collect())
+    assert result.outcome == "no-push-access" and result.needs_pull_switch and result.exit_code == 0
+    assert "no push access" in result.message and "falling back to pull + switch" in result.message
+    assert flake.head() == before
+    assert repo.head() == before  # the local attempt was thrown away
+
+
+def test_http_remote_without_credentials_falls_back_without_trying(tmp_path: Path, http_backend, served: Path, run: Collect) -> None:  # type: ignore[no-untyped-def]
+    flake = FlakeRemote(served / "http-anon")
+    flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(flake.bare)))
+    repo.ensure()
+    result = flakeupdate.update(repo, run)
+    assert result.needs_pull_switch
+    assert "is HTTPS without credentials" in result.message
+    assert not any(c[-2:] == ["flake", "update"] for c in run.calls)
+
+
+def test_http_push_refused_by_server_falls_back_and_never_shows_the_password(tmp_path: Path, http_backend, served: Path, emitted: Emitted) -> None:  # type: ignore[no-untyped-def]
+    flake = FlakeRemote(served / "http-auth")
+    flake.bump_dep("v2")
+    before = flake.head()
+    repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(flake.bare, "deploy:s3cretpw")), emit=emitted)
+    repo.ensure()
+    run = Collect()
+    result = flakeupdate.update(repo, run)
+    assert result.needs_pull_switch, result.message
+    assert flake.head() == before
+    assert "s3cretpw" not in result.message and "s3cretpw" not in emitted.text()
+
+
+def test_legacy_update_changes_lock_in_place_without_committing(tmp_path: Path, flake: FlakeRemote, run: Collect) -> None:
+    new_rev = flake.bump_dep("v2")
+    before = sh_git("rev-parse", "HEAD", cwd=flake.work)
+    repo = Repo(make_cfg(tmp_path, repo_dir=flake.work, config_repo=str(flake.work)))
+    result = flakeupdate.update(repo, run)
+    assert result.outcome == "updated-locally"
+    assert locked_rev((flake.work / "flake.lock").read_text()) == new_rev
+    assert sh_git("rev-parse", "HEAD", cwd=flake.work) == before
+
+
+def test_lock_changes_lists_each_input() -> None:
+    old = {"nodes": {"root": {}, "a": {"locked": {"rev": "1" * 40}}, "gone": {"locked": {"narHash": "sha256-abcdefghijklmnop"}}}, "root": "root"}
+    new = {"nodes": {"root": {}, "a": {"locked": {"rev": "2" * 40}}, "b": {"locked": {"rev": "3" * 40}}}, "root": "root"}
+    changes = flakeupdate.lock_changes(json.dumps(old), json.dumps(new))
+    assert [c.line() for c in changes] == ["• a: 1111111 → 2222222", "• b: (none) → 3333333", "• gone: abcdefghijkl → (removed)"]
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "verdict"),
+    [
+        ("To x\n!\tHEAD:refs/heads/main\t[rejected] (fetch first)\nDone\n", "error: failed to push some refs", "rejected"),
+        ("!\tHEAD:refs/heads/main\t[remote rejected] (cannot lock ref 'refs/heads/main': is at 1 but expected 2)\n", "", "rejected"),
+        ("!\tHEAD:refs/heads/main\t[remote rejected] (pre-receive hook declined)\n", "", "no-access"),
+        ("!\tHEAD:refs/heads/main\t[remote rejected] (protected branch hook declined)\n", "", "no-access"),
+        ("", "fatal: remote error: access denied or repository not exported: /r.git", "no-access"),
+        ("", "ERROR: The key you are authenticating with has been marked as read only.", "no-access"),
+        ("", "remote: Permission to o/r.git denied to deploy-key.\nfatal: unable to access '...': The requested URL returned error: 403", "no-access"),
+        ("", "ssh: connect to host example port 22: Connection refused\nfatal: Could not read from remote repository.", "failed"),
+    ],
+)
+def test_classify_push(stdout: str, stderr: str, verdict: str) -> None:
+    from nixfleet_agent.gitenv import GitResult
+
+    assert flakeupdate.classify_push(GitResult(1, stdout, stderr)) == verdict
