@@ -1,0 +1,116 @@
+# NixOS VM tests of the agent and its modules, for `nix flake check` (the flake wires this
+# attrset into checks.<system>). Fully offline: every node's closure is built by Nix, the
+# dashboard is tests/dashboard.py, the fleet repository is served by `git daemon` on `server`,
+# and secrets are written by the test scripts at run time, never by Nix.
+#
+# Each test's script is its own .py file (linted by tests/system/test_vm_scripts.py), preceded
+# by driver_helpers.py.
+{ pkgs, self }:
+let
+  common = import ./common.nix { inherit pkgs self; };
+
+  script = name: builtins.readFile ./driver_helpers.py + builtins.readFile (./. + "/${name}.py");
+
+  mkTest =
+    name: nodes:
+    pkgs.testers.runNixOSTest {
+      name = "nixfleet-agent-${name}";
+      inherit nodes;
+      testScript = script name;
+    };
+
+  # nixos-rebuild as the privileged unit calls it, for a VM without a fleet flake to build: it
+  # prints who runs it with which arguments, reads the specialisation named by the file `target`
+  # in the requested commit, and switches to that configuration (pre-built in the VM's store).
+  rebuildShim = pkgs.writeShellScriptBin "nixos-rebuild" ''
+    set -eu
+    echo "nixos-rebuild-shim uid=$(id -u) args=$*"
+    action=""
+    flake=""
+    for arg in "$@"; do
+      case "$arg" in
+        switch|boot|test) [ -n "$action" ] || action=$arg ;;
+        git+file://*) flake=$arg ;;
+      esac
+    done
+    repo=''${flake#git+file://}
+    repo=''${repo%%\?*}
+    rev=''${flake##*rev=}
+    rev=''${rev%%[#&]*}
+    target=$(${pkgs.git}/bin/git -c safe.directory="$repo" -C "$repo" show "$rev:target")
+    echo "nixos-rebuild-shim switching to specialisation $target"
+    exec /run/booted-system/specialisation/"$target"/bin/switch-to-configuration "$action"
+  '';
+
+  switchAgent =
+    { lib, ... }:
+    {
+      imports = [ (common.agent { }) ];
+      system.build.nixos-rebuild = lib.mkForce rebuildShim;
+      specialisation.same.configuration = {
+        environment.etc."fleet-target".text = "same";
+      };
+      specialisation.newagent.configuration = {
+        environment.etc."fleet-target".text = "newagent";
+        services.nixfleet-agent.package = lib.mkForce (
+          common.agentPackage.overrideAttrs (old: {
+            postInstall = (old.postInstall or "") + ''
+              echo newagent > $out/changed-marker
+            '';
+          })
+        );
+      };
+    };
+in
+{
+  registration = mkTest "registration" {
+    server = common.server;
+    agent = common.agent { };
+  };
+
+  repository = mkTest "repository" {
+    server = common.server;
+    agent = common.agent { };
+  };
+
+  switch = mkTest "switch" {
+    server = common.server;
+    agent = switchAgent;
+  };
+
+  secrets = mkTest "secrets" {
+    server = common.server;
+    agent = common.agent { };
+  };
+}
+// (
+  if self.inputs ? home-manager then
+    {
+      home-manager = mkTest "home-manager" {
+        server = common.server;
+        workstation = {
+          imports = [ self.inputs.home-manager.nixosModules.home-manager ];
+          users.users.alice = {
+            isNormalUser = true;
+            uid = 1000;
+            linger = true;
+          };
+          home-manager.users.alice = {
+            imports = [ self.homeManagerModules.nixfleet-agent ];
+            home.stateVersion = "24.05";
+            services.nixfleet-agent = {
+              enable = true;
+              package = common.agentPackage;
+              url = "ws://server:8000/ws";
+              tokenFile = "/home/alice/.config/nixfleet/token";
+              repoUrl = "git://server/fleet.git";
+              hostname = "workstation";
+              interval = 2;
+            };
+          };
+        };
+      };
+    }
+  else
+    { }
+)
