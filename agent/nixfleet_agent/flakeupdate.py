@@ -160,9 +160,13 @@ def update(
     backoff_base: float = 1.0,
     backoff_cap: float = 30.0,
     rand: Callable[[], float] = random.random,
+    emit: Callable[[str, str], None] | None = None,
 ) -> UpdateResult:
-    """Update, commit and push ``flake.lock``; see the module docstring for the retry policy."""
-    with repo.locked():
+    """Update, commit and push ``flake.lock``; see the module docstring for the retry policy.
+
+    ``emit`` (line, stream) receives the notes (changed inputs, rejected pushes, fallback reason).
+    """
+    with repo.emitting(emit):
         try:
             if not repo.isolated:
                 return _legacy_update(repo, run)

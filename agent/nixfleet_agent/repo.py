@@ -19,8 +19,9 @@ import shutil
 import stat
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from . import gitenv, log
 from .config import Config
@@ -89,6 +90,7 @@ class Repo:
         self.url = cfg.repo_url
         self.last_error = ""
         self._emit_fn = emit
+        self._call_emit: Emit | None = None
         self._lock = threading.RLock()
         self._ready = False
 
@@ -138,8 +140,20 @@ class Repo:
         return gitenv.run_captured(["git", "-C", str(self.path), *args], env or self.git_env(), None, timeout)
 
     def emit(self, line: str, stream: str = "stdout") -> None:
-        if self._emit_fn is not None:
-            self._emit_fn(gitenv.redact(line), stream)
+        target = self._call_emit or self._emit_fn
+        if target is not None:
+            target(gitenv.redact(line), stream)
+
+    @contextmanager
+    def emitting(self, emit: Emit | None) -> Iterator[None]:
+        """Route notes to this command's output for the duration of one call (lock held)."""
+        with self._lock:
+            previous = self._call_emit
+            self._call_emit = emit or previous
+            try:
+                yield
+            finally:
+                self._call_emit = previous
 
     def deprecation_notice(self) -> str | None:
         """The legacy-mode warning, for the log at start and an output line at registration."""
@@ -166,10 +180,6 @@ class Repo:
             return hashlib.sha256((self.path / "flake.lock").read_bytes()).hexdigest()
         except OSError:
             return ""
-
-    def locked(self) -> threading.RLock:
-        """Held across a multi-step change (``update``) so a clone retry cannot interleave."""
-        return self._lock
 
     def ready(self) -> bool:
         return self._ready
@@ -261,7 +271,7 @@ class Repo:
         self._clone(run, env)
 
     def _move_aside(self, problem: str) -> None:
-        _log.warn("repo_invalid", path=self.path, problem=problem, moved_to=self.broken_path)
+        _log.warn("repo_invalid", path=self.path, problem=gitenv.redact(problem), moved_to=self.broken_path)
         self.emit(f"repository at {self.path} is unusable ({problem}); moving it to {self.broken_path} and cloning again", "stderr")
         try:
             if self.broken_path.is_symlink() or self.broken_path.is_file():
@@ -311,9 +321,12 @@ class Repo:
 
     # ----- commands ------------------------------------------------------------------------------
 
-    def pull(self, run: RunFn) -> int:
-        """Make the work tree exactly the remote branch. Returns an exit code; never merges."""
-        with self._lock:
+    def pull(self, run: RunFn, emit: Emit | None = None) -> int:
+        """Make the work tree exactly the remote branch. Returns an exit code; never merges.
+
+        ``emit`` (line, stream) receives the agent's own notes (re-clone, errors) for the dashboard.
+        """
+        with self.emitting(emit):
             if not self.isolated:
                 return self._legacy_pull(run)
             try:

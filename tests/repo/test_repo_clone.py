@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Collect, Emitted, Remote, make_cfg, sh_git
+from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 
 from nixfleet_agent.repo import Repo, RepoError
 

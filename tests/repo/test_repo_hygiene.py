@@ -6,7 +6,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import Collect, Emitted, Remote, make_cfg, sh_git
+from repo_servers import HttpBackend
+from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 
 from nixfleet_agent import gitenv
 from nixfleet_agent.repo import DEPRECATION, Repo, RepoError
@@ -144,3 +145,24 @@ def test_legacy_checkout_missing_is_a_clear_error(tmp_path: Path) -> None:
     repo = Repo(make_cfg(tmp_path, repo_dir=missing, config_repo=str(missing)))
     with pytest.raises(RepoError, match="config_repo: .*nowhere does not exist"):
         repo.ensure()
+
+
+def test_credentials_never_reach_logs_or_command_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    served = tmp_path / "served"
+    remote = Remote(served / "cred")
+    server = HttpBackend(served)  # its own server: the test stops it half-way
+    try:
+        url = server.url(remote.bare, "deploy:pw-9f8e7d")
+        repo = Repo(make_cfg(tmp_path, repo_url=url))
+        repo.ensure()
+        sh_git("remote", "set-url", "origin", url.replace("cred/", "cred/../cred/"), cwd=repo.path)  # tampered
+        run, notes = Collect(), Emitted()
+        assert repo.pull(run, emit=notes) == 0  # moved aside and re-cloned; the note goes to this command
+        assert "moving it to" in notes.text()
+    finally:
+        server.close()
+    assert repo.pull(run, emit=notes) != 0  # the remote is gone: git prints the URL it failed on
+    logged = capsys.readouterr().err
+    assert "repo_invalid" in logged and "unable to access" in run.text()
+    for text in (logged, run.text(), notes.text(), repo.last_error):
+        assert "pw-9f8e7d" not in text

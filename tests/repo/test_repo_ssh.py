@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Collect, Remote, make_cfg
+from repo_support import Collect, Remote, make_cfg
 from repo_servers import Sshd, keygen
 
 from nixfleet_agent.repo import Repo, RepoError

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pytest
-from conftest import Collect, Emitted, FlakeRemote, make_cfg, sh_git
+from repo_support import Collect, Emitted, FlakeRemote, make_cfg, sh_git
 
 from nixfleet_agent import flakeupdate
 from nixfleet_agent.flakeupdate import UpdateResult
@@ -90,10 +90,10 @@ class RaceRun(Collect):
 
 def test_rejected_push_is_redone_on_top_of_the_remote(tmp_path: Path, flake: FlakeRemote, emitted: Emitted) -> None:
     new_rev = flake.bump_dep("v2")
-    repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
     repo.ensure()
     race = RaceRun(flake)
-    result = flakeupdate.update(repo, race, rand=no_sleep)
+    result = flakeupdate.update(repo, race, rand=no_sleep, emit=emitted)  # notes go to this command
     assert result.outcome == "pushed" and result.attempts == 2
     assert "push rejected" in emitted.text()
     subjects = flake.log("%s")
