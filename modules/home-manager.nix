@@ -1,0 +1,154 @@
+# Home Manager module for the NixFleet agent: a launchd agent plus a watchdog on macOS, a
+# systemd user service on Linux. Both run the package's executable with one TOML file from
+# the store; the token and the SSH key are never in it, nor in the plist or the
+# environment: the agent reads tokenFile / sshKeyFile itself at start.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.nixfleet-agent;
+
+  shared = import ./options.nix {
+    inherit lib pkgs;
+    # the agent detects it (scutil LocalHostName on macOS, the short hostname elsewhere)
+    hostnameDefault = null;
+    hostnameDefaultText = lib.literalMD "detected by the agent at start";
+  };
+
+  configFile = shared.settingsFormat.generate "nixfleet-agent.toml" cfg.settings;
+
+  isDarwin = pkgs.stdenv.hostPlatform.isDarwin;
+  agentLabel = "com.nixfleet.agent";
+  watchdogLabel = "com.nixfleet.watchdog";
+  homeDir = config.home.homeDirectory;
+  logDir = "${homeDir}/Library/Logs/nixfleet-agent";
+  stateDir = "${config.xdg.stateHome}/nixfleet-agent";
+
+  # launchd starts jobs with a bare PATH; the agent needs git, nix and the rebuild tools.
+  darwinPath = lib.concatStringsSep ":" [
+    "${homeDir}/.nix-profile/bin"
+    "/etc/profiles/per-user/${config.home.username}/bin"
+    "/run/current-system/sw/bin"
+    "/nix/var/nix/profiles/default/bin"
+    "/usr/bin"
+    "/bin"
+    "/usr/sbin"
+    "/sbin"
+  ];
+in
+{
+  options.services.nixfleet-agent = shared.options // {
+    watchdog = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = ''
+          Whether to run the macOS watchdog, a launchd job that every 30 s loads the agent if
+          it is not loaded, starts it if it is not running, and restarts it if it stopped
+          touching its liveness file. No effect on Linux, where systemd restarts the service.
+        '';
+      };
+
+      maxAge = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 120;
+        description = ''
+          Seconds after which a running agent whose liveness file ({file}`alive` in its state
+          directory, touched at every heartbeat) was not touched counts as hung and is
+          restarted. Keep it several times {option}`services.nixfleet-agent.interval`.
+        '';
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
+      {
+        assertions = shared.assertions cfg "services.nixfleet-agent" ++ [
+          {
+            assertion = cfg.watchdog.maxAge > cfg.interval;
+            message = "services.nixfleet-agent.watchdog.maxAge (${toString cfg.watchdog.maxAge}) must exceed services.nixfleet-agent.interval (${toString cfg.interval}), or the watchdog restarts a healthy agent; use a few intervals.";
+          }
+        ];
+
+        warnings = shared.warnings cfg "services.nixfleet-agent";
+
+        services.nixfleet-agent.settings =
+          shared.settingsFromOptions cfg
+          // lib.mapAttrs (_: lib.mkDefault) (
+            {
+              state_dir = stateDir;
+            }
+            // lib.optionalAttrs (cfg.tokenFile != null) { token_file = toString cfg.tokenFile; }
+            // lib.optionalAttrs (cfg.sshKeyFile != null) { ssh_key_file = toString cfg.sshKeyFile; }
+          );
+      }
+
+      (lib.mkIf isDarwin {
+        launchd.agents.nixfleet-agent = {
+          enable = true;
+          config = {
+            Label = agentLabel;
+            ProgramArguments = [
+              (lib.getExe cfg.package)
+              "--config"
+              "${configFile}"
+            ];
+            RunAtLoad = true;
+            KeepAlive = true;
+            ProcessType = "Background";
+            EnvironmentVariables.PATH = darwinPath;
+            StandardOutPath = "${logDir}/agent.log";
+            StandardErrorPath = "${logDir}/agent.log";
+          };
+        };
+
+        launchd.agents.nixfleet-watchdog = lib.mkIf cfg.watchdog.enable {
+          enable = true;
+          config = {
+            Label = watchdogLabel;
+            ProgramArguments = [
+              "/bin/sh"
+              "${./watchdog.sh}"
+              agentLabel
+              "${homeDir}/Library/LaunchAgents/${agentLabel}.plist"
+              "${stateDir}/alive"
+              (toString cfg.watchdog.maxAge)
+            ];
+            StartInterval = 30;
+            RunAtLoad = true;
+            ProcessType = "Background";
+            StandardOutPath = "${logDir}/watchdog.log";
+            StandardErrorPath = "${logDir}/watchdog.log";
+          };
+        };
+
+        # launchd does not create the directories of StandardOutPath.
+        home.activation.nixfleetAgentLogDir = lib.hm.dag.entryBefore [ "setupLaunchAgents" ] ''
+          run mkdir -p $VERBOSE_ARG -m 0700 ${lib.escapeShellArg logDir}
+        '';
+      })
+
+      (lib.mkIf (!isDarwin) {
+        systemd.user.services.nixfleet-agent = {
+          Unit = {
+            Description = "NixFleet agent";
+            Documentation = [ "https://github.com/nixfleet/nixfleet-agent" ];
+            After = [ "network-online.target" ];
+          };
+          Service = {
+            ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+            Restart = "always";
+            RestartSec = 10;
+            UMask = "0077";
+          };
+          Install.WantedBy = [ "default.target" ];
+        };
+      })
+    ]
+  );
+}

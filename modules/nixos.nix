@@ -1,0 +1,210 @@
+# NixOS module for the NixFleet agent.
+#
+# Privilege separation. The agent talks to the network and runs git; it never needs root,
+# so it runs as a DynamicUser: no account to manage, no uid that survives the service, no
+# home, no sudo, NoNewPrivileges. A dedicated static user would only be needed if other
+# services had to share files with the agent; nothing does, and DynamicUser additionally
+# keeps the state in /var/lib/private (0700, root-owned), out of reach of other users.
+#
+# Switching a system does need root. The agent asks for it through a narrow channel: it
+# writes <state>/privileged/request.json, the path unit nixfleet-agent-privileged.path sees
+# the file and starts the root oneshot nixfleet-agent-privileged.service, which validates
+# the request (allowlisted action, commit id, flake attribute), builds exactly that commit
+# from the agent's clone and reports through files the agent can read (contract:
+# docs/architecture.md, "Privileged switch channel"). A path unit was chosen over a polkit
+# rule because it needs neither polkit on the host nor any IPC the agent could abuse: the
+# only thing the agent can do is drop a small file that root parses strictly.
+#
+# Neither unit is restarted or stopped by the switch it runs (restartIfChanged = false,
+# X-StopOnRemoval = false, as nixos-upgrade.service). The agent restarts itself (exit 101,
+# Restart=always) when a switch changed its package.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.nixfleet-agent;
+
+  shared = import ./options.nix {
+    inherit lib pkgs;
+    hostnameDefault = config.networking.hostName;
+    hostnameDefaultText = lib.literalExpression "config.networking.hostName";
+  };
+
+  configFile = shared.settingsFormat.generate "nixfleet-agent.toml" cfg.settings;
+
+  # With DynamicUser the state lives here and /var/lib/nixfleet-agent is a symlink to it;
+  # the privileged side uses the real path so it never follows a link the agent controls.
+  stateDir = "/var/lib/private/nixfleet-agent";
+  privilegedDir = "/var/lib/nixfleet-agent-privileged";
+  repoDir = if cfg.configRepo != null then cfg.configRepo else "${stateDir}/repo";
+
+  # The flake attribute the privileged side accepts (and the dashboard's host id).
+  validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9._-]{1,63}" cfg.hostname != null;
+in
+{
+  options.services.nixfleet-agent = shared.options // {
+    nixosRebuildPackage = lib.mkOption {
+      type = lib.types.package;
+      default = config.system.build.nixos-rebuild;
+      defaultText = lib.literalExpression "config.system.build.nixos-rebuild";
+      description = ''
+        Package whose {command}`nixos-rebuild` the privileged unit runs for switch, boot,
+        test and rollback requests (the same one {file}`nixos-upgrade.service` uses).
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = shared.assertions cfg "services.nixfleet-agent" ++ [
+      {
+        assertion = validAttr;
+        message = "services.nixfleet-agent.hostname must be 1-63 characters of A-Z a-z 0-9 . _ - (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
+      }
+    ];
+
+    warnings = shared.warnings cfg "services.nixfleet-agent";
+
+    services.nixfleet-agent.settings = shared.settingsFromOptions cfg // {
+      # switches go through the root unit below, never through the agent's own children
+      switch_launcher = "privileged";
+      privileged_dir = privilegedDir;
+    };
+
+    systemd.services.nixfleet-agent = {
+      description = "NixFleet agent";
+      documentation = [ "https://github.com/nixfleet/nixfleet-agent" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+
+      # A switch started by the agent must not restart the agent in its middle; the agent
+      # exits by itself (and is restarted) once a switch changed its package.
+      restartIfChanged = false;
+
+      # git and ssh for the clone, nix for `nix flake update`
+      path = [
+        pkgs.git
+        pkgs.openssh
+        config.nix.package
+      ];
+
+      environment = {
+        # git, ssh and nix want a writable home; no secret ever goes here
+        HOME = "/var/lib/nixfleet-agent";
+      };
+
+      serviceConfig = {
+        Type = "simple";
+        ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+        Restart = "always";
+        RestartSec = 10;
+
+        DynamicUser = true;
+        StateDirectory = "nixfleet-agent";
+        StateDirectoryMode = "0700";
+        UMask = "0077";
+        WorkingDirectory = "/var/lib/nixfleet-agent";
+
+        # Secrets reach the agent only as credentials: copied by systemd into a private
+        # ramfs (/run/credentials/nixfleet-agent.service), never into the store, the
+        # environment or argv. The agent finds them at $CREDENTIALS_DIRECTORY/{token,ssh-key}.
+        LoadCredential = [
+          "token:${toString cfg.tokenFile}"
+        ]
+        ++ lib.optional (cfg.sshKeyFile != null) "ssh-key:${toString cfg.sshKeyFile}";
+
+        # Hardening: everything a Python WebSocket client running git/ssh/nix tolerates.
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateUsers = true;
+        PrivateMounts = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        # /proc/meminfo, /proc/stat and /proc/loadavg feed the heartbeat metrics, so
+        # ProcSubset=pid is not possible; other processes stay invisible.
+        ProtectProc = "invisible";
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        DevicePolicy = "closed";
+        KeyringMode = "private";
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+          "~@resources"
+        ];
+        SystemCallErrorNumber = "EPERM";
+      }
+      // lib.optionalAttrs (cfg.configRepo != null) {
+        # the deprecated legacy checkout lives outside the state directory
+        ReadWritePaths = [ cfg.configRepo ];
+      };
+    };
+
+    systemd.paths.nixfleet-agent-privileged = {
+      description = "NixFleet agent: watch for privileged switch requests";
+      wantedBy = [ "paths.target" ];
+      pathConfig = {
+        PathExists = "${stateDir}/privileged/request.json";
+        Unit = "nixfleet-agent-privileged.service";
+      };
+    };
+
+    systemd.services.nixfleet-agent-privileged = {
+      description = "NixFleet agent: run one privileged switch request";
+      documentation = [ "https://github.com/nixfleet/nixfleet-agent" ];
+
+      # Like nixos-upgrade.service: the switch this unit runs must not stop or restart it.
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+
+      path = [
+        pkgs.coreutils
+        pkgs.gnutar
+        pkgs.xz
+        pkgs.gzip
+        pkgs.git
+        config.nix.package
+        config.systemd.package
+      ];
+
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = lib.concatStringsSep " " [
+          (lib.getExe' cfg.package "nixfleet-agent-privileged")
+          "--request ${stateDir}/privileged/request.json"
+          "--repo ${repoDir}"
+          "--out-dir ${privilegedDir}"
+          "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
+          "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+        ];
+        StateDirectory = "nixfleet-agent-privileged";
+        StateDirectoryMode = "0755";
+        # output.log and result.json must be readable by the (dynamic) agent user
+        UMask = "0022";
+      };
+    };
+  };
+}

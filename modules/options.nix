@@ -1,0 +1,215 @@
+# Options shared by the NixOS and the Home Manager module, and the mapping from those
+# options to the agent's TOML keys (docs/architecture.md, "Configuration keys"). Both
+# modules render exactly one TOML file from `settings`; the typed options below only fill
+# `settings` with `mkDefault`, so anything set in `settings` wins.
+{
+  lib,
+  pkgs,
+  # how the default `hostname` is described in the manual, and its default value
+  hostnameDefault,
+  hostnameDefaultText,
+}:
+
+let
+  inherit (lib) literalExpression mkOption types;
+
+  settingsFormat = pkgs.formats.toml { };
+in
+{
+  inherit settingsFormat;
+
+  options = {
+    enable = lib.mkEnableOption "the NixFleet agent, which connects this host to a NixFleet dashboard";
+
+    package = lib.mkPackageOption pkgs "nixfleet-agent" { };
+
+    url = mkOption {
+      type = types.nullOr (types.strMatching "wss?://.+");
+      default = null;
+      example = "wss://fleet.example.com/ws";
+      description = "WebSocket URL of the NixFleet dashboard (`ws://` or `wss://`).";
+    };
+
+    tokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/agenix/nixfleet-token";
+      description = ''
+        File holding the agent token, either the bare token or a `NIXFLEET_TOKEN=...` line.
+        It must not be in the Nix store (the store is world-readable): use a secret manager
+        such as agenix or sops-nix, whose decrypted files live under {file}`/run`.
+      '';
+    };
+
+    repoUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "git@github.com:example/nixcfg.git";
+      description = ''
+        Git URL of the fleet configuration. The agent keeps its own clone of it in its state
+        directory and builds from that clone.
+      '';
+    };
+
+    branch = mkOption {
+      type = types.str;
+      default = "main";
+      example = "production";
+      description = "Branch of {option}`repoUrl` the agent follows.";
+    };
+
+    sshKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/agenix/nixfleet-deploy-key";
+      description = ''
+        Private SSH key (a deploy key) for cloning {option}`repoUrl` over SSH. Like
+        {option}`tokenFile` it must not be in the Nix store.
+      '';
+    };
+
+    configRepo = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/home/alice/nixcfg";
+      description = ''
+        Deprecated: path of an existing checkout the agent pulls and builds from (the old
+        "legacy" mode). Use {option}`repoUrl` instead, which gives the agent a clone that
+        nobody else edits.
+      '';
+    };
+
+    hostname = mkOption {
+      type = types.nullOr types.str;
+      default = hostnameDefault;
+      defaultText = hostnameDefaultText;
+      example = "web1";
+      description = ''
+        Name this host reports to the dashboard; also the flake output the agent builds
+        (`nixosConfigurations.<hostname>` and the like).
+      '';
+    };
+
+    interval = mkOption {
+      type = types.ints.between 1 3600;
+      default = 5;
+      example = 30;
+      description = "Seconds between heartbeats.";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "debug"
+        "info"
+        "warn"
+        "error"
+      ];
+      default = "info";
+      description = "Lowest level the agent logs.";
+    };
+
+    location = mkOption {
+      type = types.enum [
+        "home"
+        "work"
+        "cloud"
+      ];
+      default = "home";
+      description = "Where the host lives, as shown by the dashboard.";
+    };
+
+    deviceType = mkOption {
+      type = types.enum [
+        "server"
+        "desktop"
+        "laptop"
+        "gaming"
+      ];
+      default = "desktop";
+      description = "Kind of device, as shown by the dashboard.";
+    };
+
+    themeColor = mkOption {
+      type = types.nullOr (types.strMatching "#[0-9a-fA-F]{6}");
+      default = null;
+      example = "#7aa2f7";
+      description = "Colour of the host in the dashboard; `null` lets the dashboard choose.";
+    };
+
+    nixpkgsVersion = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "25.11";
+      description = ''
+        Value reported as `nixpkgs_version`. `null` lets the agent read
+        {file}`/run/current-system/nixos-version` where it exists.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          ping_timeout = 60;
+          git_timeout = 900;
+        }
+      '';
+      description = ''
+        Agent configuration written to its TOML file, keyed by the agent's TOML keys (see the
+        README). The options above fill in their keys; values set here take precedence. Never
+        put the token here: the file is in the Nix store.
+      '';
+    };
+  };
+
+  # TOML keys from the typed options; null means "let the agent decide" and is left out.
+  settingsFromOptions =
+    cfg:
+    lib.mapAttrs (_: lib.mkDefault) (
+      lib.filterAttrs (_: value: value != null) {
+        inherit (cfg) url branch interval;
+        repo_url = cfg.repoUrl;
+        config_repo = cfg.configRepo;
+        hostname = cfg.hostname;
+        log_level = cfg.logLevel;
+        location = cfg.location;
+        device_type = cfg.deviceType;
+        theme_color = cfg.themeColor;
+        nixpkgs_version = cfg.nixpkgsVersion;
+      }
+    );
+
+  # Assertions both modules share; `prefix` is the option path shown in messages.
+  assertions = cfg: prefix: [
+    {
+      assertion = cfg.url != null;
+      message = "${prefix}.url must be set to the dashboard's WebSocket URL, e.g. \"wss://fleet.example.com/ws\".";
+    }
+    {
+      assertion = cfg.tokenFile != null;
+      message = "${prefix}.tokenFile must be set to a file holding the agent token (e.g. an agenix or sops-nix secret).";
+    }
+    {
+      assertion = (cfg.repoUrl == null) != (cfg.configRepo == null);
+      message =
+        if cfg.repoUrl == null then
+          "${prefix}: set ${prefix}.repoUrl to the Git URL of your fleet configuration (or the deprecated ${prefix}.configRepo)."
+        else
+          "${prefix}: set only one of ${prefix}.repoUrl and ${prefix}.configRepo; remove configRepo (deprecated).";
+    }
+    {
+      assertion = cfg.tokenFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.tokenFile);
+      message = "${prefix}.tokenFile is inside the Nix store (${toString cfg.tokenFile}), where every user can read it; pass the path of a runtime secret as a string, e.g. config.age.secrets.nixfleet-token.path.";
+    }
+    {
+      assertion = cfg.sshKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.sshKeyFile);
+      message = "${prefix}.sshKeyFile is inside the Nix store (${toString cfg.sshKeyFile}), where every user can read it; pass the path of a runtime secret as a string, e.g. config.sops.secrets.deploy-key.path.";
+    }
+  ];
+
+  warnings =
+    cfg: prefix:
+    lib.optional (cfg.configRepo != null)
+      "${prefix}.configRepo is deprecated: the agent pulls into a checkout other people may edit. Set ${prefix}.repoUrl (and ${prefix}.sshKeyFile for a private repository) so the agent keeps its own clone.";
+}

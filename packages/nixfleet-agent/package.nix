@@ -1,0 +1,85 @@
+{
+  lib,
+  python3Packages,
+  # The flake passes `self.rev or self.dirtyRev or "unknown"`; the agent reports it as
+  # `source_commit`, so the dashboard can tell which revision a host really runs.
+  sourceCommit ? "unknown",
+}:
+
+let
+  root = ../..;
+
+  # Test paths that need neither network nor sshd nor systemd, so they run in the build
+  # sandbox. Paths that do not exist (yet) are left out rather than failing the build.
+  offlineTests = lib.filter (path: builtins.pathExists (root + "/${path}")) [
+    "tests/core"
+    "tests/commands/test_runner.py"
+    "tests/privileged"
+  ];
+in
+python3Packages.buildPythonApplication {
+  pname = "nixfleet-agent";
+  # One source of truth: the file setuptools reads too (tool.setuptools.dynamic).
+  version = lib.trim (builtins.readFile ../../agent/nixfleet_agent/VERSION);
+  pyproject = true;
+
+  # Only the Python project and its offline tests: editing the modules, the docs or the
+  # system tests does not change this derivation.
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.unions (
+      [
+        ../../agent
+        (lib.fileset.maybeMissing ../../tests/conftest.py)
+        (lib.fileset.maybeMissing ../../tests/dashboard.py)
+      ]
+      ++ map (path: root + "/${path}") offlineTests
+    );
+  };
+
+  sourceRoot = "source/agent";
+
+  postPatch = ''
+    printf '%s\n' ${lib.escapeShellArg sourceCommit} > nixfleet_agent/SOURCE_COMMIT
+  '';
+
+  build-system = [ python3Packages.setuptools ];
+
+  dependencies = [
+    python3Packages.websocket-client
+    python3Packages.pexpect
+  ]
+  ++ lib.optionals (python3Packages.pythonOlder "3.11") [ python3Packages.tomli ];
+
+  nativeCheckInputs = [
+    python3Packages.pytestCheckHook
+    # the reference dashboard the connection tests talk to over loopback
+    python3Packages.websockets
+  ];
+
+  # The tests live next to agent/, not inside it.
+  preCheck = ''
+    cd ..
+  '';
+
+  enabledTestPaths = offlineTests;
+
+  pythonImportsCheck = [
+    "nixfleet_agent"
+    "nixfleet_agent.config"
+    "nixfleet_agent.privileged"
+  ];
+
+  meta = {
+    description = "Fleet agent connecting NixOS and macOS hosts to a NixFleet dashboard";
+    homepage = "https://github.com/nixfleet/nixfleet-agent";
+    license = lib.licenses.agpl3Plus;
+    platforms = [
+      "x86_64-linux"
+      "aarch64-linux"
+      "x86_64-darwin"
+      "aarch64-darwin"
+    ];
+    mainProgram = "nixfleet-agent";
+  };
+}
