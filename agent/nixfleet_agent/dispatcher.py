@@ -148,7 +148,11 @@ class Dispatcher:
             for i, op in enumerate(ops):
                 if i:
                     job.close_log()
-                    job = self._new_job(op.command, op.id)
+                    self._release(job)
+                    next_job = self._new_job(op.command, op.id)
+                    if next_job is None:
+                        return  # busy with a new command: the next agent start reports the rest
+                    job = next_job
                 registry.resume_operation(job, op)
 
         self._start_worker(ops[0].command, work, op_id=ops[0].id)
@@ -159,16 +163,22 @@ class Dispatcher:
         self._current, self._pid, self._detached = name, None, False
         self._cancel, self._signal = False, None
 
-    def _new_job(self, name: str, op_id: str | None = None) -> Job:
-        job = Job(self.ctx, name, _Tracker(self), op_id)
+    def _new_job(self, name: str, op_id: str | None = None) -> Job | None:
+        """The next job of a resume batch, or None when another command took the slot meanwhile."""
         with self._lock:
-            self._current, self._pid, self._signal, self._cancel = name, None, None, False
-        self._job = job
+            if self._current is not None:
+                return None
+            self._begin_locked(name)
+            job = Job(self.ctx, name, _Tracker(self), op_id)
+            job.tracker = _Tracker(self, job)
+            self._job = job
         return job
 
     def _start_worker(self, name: str, body: Callable[[Job], None], op_id: str | None = None) -> None:
         job = Job(self.ctx, name, _Tracker(self), op_id)
-        self._job = job
+        job.tracker = _Tracker(self, job)
+        with self._lock:
+            self._job = job
         self._worker = threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True)
         self._worker.start()
 
@@ -186,10 +196,15 @@ class Dispatcher:
                 pass
         finally:
             job.close_log()
-            with self._lock:
+            self._release(job)
+            _log.info("command_finished", command=job.name)
+
+    def _release(self, job: Job) -> None:
+        """Free the busy flag if ``job`` still holds it (its final status may have freed it already)."""
+        with self._lock:
+            if self._job is job:
                 self._current, self._pid, self._detached, self._job = None, None, False, None
                 self._cancel, self._signal = False, None
-            _log.info("command_finished", command=job.name)
 
     def _guard(self, name: str, fn: Callable[[Context], None]) -> None:
         try:
@@ -240,17 +255,34 @@ class Dispatcher:
 
 
 class _Tracker:
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    """A job's handle on the dispatcher state; a no-op once the job has released the slot."""
+
+    def __init__(self, dispatcher: Dispatcher, job: Job | None = None) -> None:
         self._d = dispatcher
+        self._job = job
+
+    def _mine(self) -> bool:
+        return self._job is None or self._d._job is self._job
 
     def track(self, pid: int | None, detached: bool = False) -> None:
         with self._d._lock:
-            self._d._pid, self._d._detached = pid, detached and pid is not None
+            if self._mine():
+                self._d._pid, self._d._detached = pid, detached and pid is not None
+
+    def release(self) -> None:
+        if self._job is None:
+            return
+        with self._d._lock:
+            if self._d._job is self._job:
+                self._job_signal = self._d._signal  # still answerable after the slot is freed
+        self._d._release(self._job)
 
     def cancelled(self) -> bool:
         with self._d._lock:
-            return self._d._cancel
+            return self._mine() and self._d._cancel
 
     def sent_signal(self) -> int | None:
         with self._d._lock:
-            return self._d._signal
+            return self._d._signal if self._mine() else self._job_signal
+
+    _job_signal: int | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nixfleet_agent import oplog, runner
+from support import wait_for
 
 
 class RecordingSink:
@@ -101,6 +102,7 @@ def test_killed_child_reports_the_signal() -> None:
 
     def killer() -> None:
         started.wait(5)
+        wait_for(lambda: sink.lines, 5, "first output line")
         os.killpg(pid_box[0], signal.SIGTERM)
 
     t = threading.Thread(target=killer)

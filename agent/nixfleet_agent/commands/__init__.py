@@ -38,6 +38,7 @@ class Tracker:
     """The dispatcher's side of a job: PID tracking and stop requests (implemented there)."""
 
     def track(self, pid: int | None, detached: bool = False) -> None: ...
+    def release(self) -> None: ...
     def cancelled(self) -> bool: ...
     def sent_signal(self) -> int | None: ...
 
@@ -134,10 +135,24 @@ class Job:
     # ----- reporting ------------------------------------------------------------------------------
 
     def status(self, status: str, exit_code: int, message: str = "", command: str | None = None) -> None:
+        """Send a ``status``. The job's own final status frees the busy flag *first*: a dashboard
+        sends its next command as soon as it sees the status and must not be rejected."""
+        self.log.write(f"# status={status} exit_code={exit_code} message={message}")
         if command is None or command == self.name:
             self.status_sent = True
-        self.log.write(f"# status={status} exit_code={exit_code} message={message}")
+            self.tracker.release()
         self.ctx.reporter.status(command or self.name, status, exit_code, message)
+
+    def wait_delivered(self, timeout: float = 10.0) -> bool:
+        """Bounded wait until the Outbox is empty (our status has been written to the socket)."""
+        pending = getattr(self.ctx.reporter, "pending_messages", None)
+        if pending is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while pending() > 0:
+            if time.monotonic() >= deadline or self.ctx.stop_event.wait(0.05):
+                return False
+        return True
 
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self.ctx.reporter.progress(phase, current, total, status)

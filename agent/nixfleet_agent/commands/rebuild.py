@@ -294,6 +294,9 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
             ctx.status.set("system", "error", f"{label} failed ({how})")
             job.err(f"❌ {label} failed ({result.describe()})")
             job.status("error", result.exit_code or 1, result.start_error or f"{label.lower()} failed ({result.describe()})")
+    # Marked only once the status left the Outbox (bounded wait): an agent killed in between
+    # reports again rather than never; a kill after this point cannot repeat it.
+    job.wait_delivered()
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()

@@ -1,0 +1,114 @@
+"""Fixtures for the command tests: tool shims on PATH and an agent session driven by the reference
+dashboard (a real agent subprocess, a real WebSocket server, a real git repository)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from support import TEST_HOST  # noqa: F401  (re-exported for tests)
+
+SHIMS = Path(__file__).resolve().parent.parent / "shims"
+
+
+class Shims:
+    """Control files and the argv record of the tool shims (tests/shims/_shim)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "shim-control"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = root / "shim-calls.jsonl"
+
+    def set(self, name: str, value: str | int) -> None:
+        (self.dir / name).write_text(str(value))
+
+    def clear(self, name: str) -> None:
+        try:
+            (self.dir / name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def calls(self, prog: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        calls = [json.loads(line) for line in lines if line.strip()]
+        return [c for c in calls if prog is None or c["prog"] == prog]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PATH": f"{SHIMS}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "NIXFLEET_SHIM_DIR": str(self.dir),
+            "NIXFLEET_SHIM_LOG": str(self.log),
+        }
+
+
+@pytest.fixture
+def shims(tmp_path: Path) -> Shims:
+    return Shims(tmp_path)
+
+
+class Session:
+    """One agent under test plus the dashboard that drives it."""
+
+    def __init__(self, dashboard: Any, start: Callable[..., Any], shims: Shims, overrides: dict[str, str]) -> None:
+        self.dash = dashboard
+        self._start = start
+        self.shims = shims
+        self.overrides = overrides
+        self.agent: Any = None
+
+    def start(self, **more: str) -> "Session":
+        mark = self.dash.mark()
+        self.agent = self._start(**{**self.shims.env(), **self.overrides, **more})
+        self.dash.wait_message("register", since=mark, timeout=15)
+        self.dash.wait_message("heartbeat", since=mark, timeout=10)
+        return self
+
+    def send(self, command: str) -> int:
+        mark = self.dash.mark()
+        self.dash.send_command("test-host", command)
+        return mark
+
+    def status_of(self, command: str, since: int, timeout: float = 15.0) -> Any:
+        return self.dash.wait_message("status", since=since, timeout=timeout,
+                                      where=lambda r: r.payload.get("command") == command)
+
+    def run(self, command: str, timeout: float = 15.0) -> tuple[Any, list[Any]]:
+        """Send a command, wait for its status; returns (status payload, records since sending)."""
+        mark = self.send(command)
+        status = self.status_of(command, mark, timeout)
+        return status.payload, self.dash.messages(since=mark)[: status.index - mark + 1]
+
+    def lines(self, records: list[Any], command: str | None = None) -> list[str]:
+        return [r.payload["line"] for r in records if r.type == "output"
+                and (command is None or r.payload.get("command") == command)]
+
+
+@pytest.fixture
+def session(dashboard: Any, start_agent: Callable[..., Any], shims: Shims) -> Iterator[Session]:
+    yield Session(dashboard, start_agent, shims, {})
+
+
+def kinds(records: list[Any]) -> list[str]:
+    """Message types in order, consecutive outputs and heartbeats collapsed (they interleave freely)."""
+    out: list[str] = []
+    for r in records:
+        if r.type == "heartbeat":
+            continue
+        if r.type == "operation_progress":
+            phase, value = next(iter(r.payload["progress"].items()))
+            label = f"progress:{phase}:{value['status']}"
+        elif r.type == "test_progress":
+            label = "test_progress"
+        else:
+            label = r.type
+        if label == "output" and out and out[-1] == "output":
+            continue
+        out.append(label)
+    return out
