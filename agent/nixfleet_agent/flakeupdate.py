@@ -78,8 +78,9 @@ class UpdateResult:
 
 def _input_id(node: dict[str, Any]) -> str:
     locked = node.get("locked") or {}
-    if isinstance(locked.get("rev"), str):
-        return locked["rev"][:7]
+    rev = locked.get("rev")
+    if isinstance(rev, str):
+        return rev[:7]
     nar = locked.get("narHash")
     if isinstance(nar, str):
         return nar.split("-", 1)[-1][:12]
@@ -243,7 +244,8 @@ def _isolated_update(
             return _abandon(repo, UpdateResult("failed", f"git commit failed: {commit.error_text()}", 1, attempt, changes))
         sha = repo.head()
         push = repo.git(
-            "push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{repo.branch}", timeout=float(repo.cfg.git_timeout), env=env
+            "push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{repo.branch}",
+            timeout=float(repo.cfg.git_timeout), env=env,
         )
         for line, stream in push.lines():
             repo.emit(line, stream)

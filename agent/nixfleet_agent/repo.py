@@ -213,7 +213,10 @@ class Repo:
         if not self.git("rev-parse", "--verify", "-q", "HEAD^{commit}", env=env).ok:
             return "HEAD does not resolve to a commit"
         if thorough:
-            fsck = self.git("fsck", "--connectivity-only", "--no-dangling", "--no-progress", timeout=min(self.cfg.git_timeout, 120), env=env)
+            fsck = self.git(
+                "fsck", "--connectivity-only", "--no-dangling", "--no-progress",
+                timeout=min(self.cfg.git_timeout, 120), env=env,
+            )
             if fsck.timed_out:
                 _log.warn("fsck_skipped", path=self.path, reason="timed out (repository large); not treated as corrupt")
             elif not fsck.ok:
@@ -272,7 +275,10 @@ class Repo:
 
     def _move_aside(self, problem: str) -> None:
         _log.warn("repo_invalid", path=self.path, problem=gitenv.redact(problem), moved_to=self.broken_path)
-        self.emit(f"repository at {self.path} is unusable ({problem}); moving it to {self.broken_path} and cloning again", "stderr")
+        self.emit(
+            f"repository at {self.path} is unusable ({problem}); moving it to {self.broken_path} and cloning again",
+            "stderr",
+        )
         try:
             if self.broken_path.is_symlink() or self.broken_path.is_file():
                 self.broken_path.unlink()
@@ -344,7 +350,8 @@ class Repo:
                 code = run(["git", "-C", str(self.path), *args], env, self.path)
                 if code != 0:
                     if name == "clean":
-                        self.emit(f"warning: git clean exited {code}; untracked files may remain (they never enter a flake build)", "stderr")
+                        self.emit(f"warning: git clean exited {code}; untracked files may remain "
+                                  "(they never enter a flake build)", "stderr")
                         break
                     self.emit(f"error: git {name} failed (exit {code})", "stderr")
                     _log.error("pull_failed", step=name, exit_code=code)

@@ -113,7 +113,8 @@ class GitDaemon:
         self.base = base
         self.port = free_port()
         self.proc = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all", "--listen=127.0.0.1", f"--port={self.port}", str(base)],
+            ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all",
+             "--listen=127.0.0.1", f"--port={self.port}", str(base)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

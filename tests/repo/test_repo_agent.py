@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from repo_support import sh_git
-
 from support import TEST_HOST, make_fleet_repo
 
 

@@ -8,9 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
-
 from nixfleet_agent.repo import Repo, RepoError
+from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 
 
 def mode(path: Path) -> int:

@@ -6,11 +6,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-from repo_servers import HttpBackend
-from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
-
 from nixfleet_agent import gitenv
 from nixfleet_agent.repo import DEPRECATION, Repo, RepoError
+from repo_servers import HttpBackend
+from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 
 HOOK_NAMES = ["post-checkout", "post-merge", "reference-transaction", "pre-commit", "post-commit", "post-rewrite", "pre-auto-gc"]
 
@@ -59,7 +58,9 @@ def test_env_forces_hygiene_through_git_config_env() -> None:
     assert env["GIT_SSH_COMMAND"] == "ssh -o BatchMode=yes"
 
 
-def test_https_without_credentials_fails_fast_instead_of_prompting(tmp_path: Path, http_backend, served: Path) -> None:  # type: ignore[no-untyped-def]
+def test_https_without_credentials_fails_fast_instead_of_prompting(
+    tmp_path: Path, http_backend: HttpBackend, served: Path
+) -> None:
     """A URL the server does not know answers 404; with a prompt git would hang on stdin."""
     repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(served / "nope.git"), git_timeout=10))
     with pytest.raises(RepoError, match="cannot clone"):

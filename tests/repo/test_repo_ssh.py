@@ -7,10 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from repo_support import Collect, Remote, make_cfg
-from repo_servers import Sshd, keygen
-
 from nixfleet_agent.repo import Repo, RepoError
+from repo_servers import Sshd, keygen
+from repo_support import Collect, Remote, make_cfg
 
 
 def test_clone_and_pull_with_deploy_key_accept_new(tmp_path: Path, sshd: Sshd, run: Collect) -> None:

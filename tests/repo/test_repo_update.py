@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pytest
-from repo_support import Collect, Emitted, FlakeRemote, make_cfg, sh_git
-
 from nixfleet_agent import flakeupdate
 from nixfleet_agent.flakeupdate import UpdateResult
 from nixfleet_agent.repo import Repo
+from repo_servers import GitDaemon, HttpBackend
+from repo_support import Collect, Emitted, FlakeRemote, make_cfg, sh_git
 
 pytestmark = pytest.mark.usefixtures("need_nix")
 
@@ -146,7 +146,9 @@ def test_two_agents_updating_at_once_both_finish_linearly(tmp_path: Path, flake:
         assert any("already up to date" in r.message for r in results)
 
 
-def test_read_only_git_daemon_remote_falls_back_to_pull_switch(tmp_path: Path, git_daemon, served: Path, emitted: Emitted) -> None:  # type: ignore[no-untyped-def]
+def test_read_only_git_daemon_remote_falls_back_to_pull_switch(
+    tmp_path: Path, git_daemon: GitDaemon, served: Path, emitted: Emitted
+) -> None:
     flake = FlakeRemote(served / "ro")
     flake.bump_dep("v2")
     before = flake.head()
@@ -159,7 +161,9 @@ def test_read_only_git_daemon_remote_falls_back_to_pull_switch(tmp_path: Path, g
     assert repo.head() == before  # the local attempt was thrown away
 
 
-def test_http_remote_without_credentials_falls_back_without_trying(tmp_path: Path, http_backend, served: Path, run: Collect) -> None:  # type: ignore[no-untyped-def]
+def test_http_remote_without_credentials_falls_back_without_trying(
+    tmp_path: Path, http_backend: HttpBackend, served: Path, run: Collect
+) -> None:
     flake = FlakeRemote(served / "http-anon")
     flake.bump_dep("v2")
     repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(flake.bare)))
@@ -170,7 +174,9 @@ def test_http_remote_without_credentials_falls_back_without_trying(tmp_path: Pat
     assert not any(c[-2:] == ["flake", "update"] for c in run.calls)
 
 
-def test_http_push_refused_by_server_falls_back_and_never_shows_the_password(tmp_path: Path, http_backend, served: Path, emitted: Emitted) -> None:  # type: ignore[no-untyped-def]
+def test_http_push_refused_by_server_falls_back_and_never_shows_the_password(
+    tmp_path: Path, http_backend: HttpBackend, served: Path, emitted: Emitted
+) -> None:
     flake = FlakeRemote(served / "http-auth")
     flake.bump_dep("v2")
     before = flake.head()
@@ -194,8 +200,9 @@ def test_legacy_update_changes_lock_in_place_without_committing(tmp_path: Path, 
 
 
 def test_lock_changes_lists_each_input() -> None:
-    old = {"nodes": {"root": {}, "a": {"locked": {"rev": "1" * 40}}, "gone": {"locked": {"narHash": "sha256-abcdefghijklmnop"}}}, "root": "root"}
-    new = {"nodes": {"root": {}, "a": {"locked": {"rev": "2" * 40}}, "b": {"locked": {"rev": "3" * 40}}}, "root": "root"}
+    old = {"root": "root", "nodes": {"root": {}, "a": {"locked": {"rev": "1" * 40}},
+                                     "gone": {"locked": {"narHash": "sha256-abcdefghijklmnop"}}}}
+    new = {"root": "root", "nodes": {"root": {}, "a": {"locked": {"rev": "2" * 40}}, "b": {"locked": {"rev": "3" * 40}}}}
     changes = flakeupdate.lock_changes(json.dumps(old), json.dumps(new))
     assert [c.line() for c in changes] == ["• a: 1111111 → 2222222", "• b: (none) → 3333333", "• gone: abcdefghijkl → (removed)"]
 
@@ -204,12 +211,14 @@ def test_lock_changes_lists_each_input() -> None:
     ("stdout", "stderr", "verdict"),
     [
         ("To x\n!\tHEAD:refs/heads/main\t[rejected] (fetch first)\nDone\n", "error: failed to push some refs", "rejected"),
-        ("!\tHEAD:refs/heads/main\t[remote rejected] (cannot lock ref 'refs/heads/main': is at 1 but expected 2)\n", "", "rejected"),
+        ("!\tHEAD:refs/heads/main\t[remote rejected] (cannot lock ref 'refs/heads/main': is at 1 but expected 2)\n",
+         "", "rejected"),
         ("!\tHEAD:refs/heads/main\t[remote rejected] (pre-receive hook declined)\n", "", "no-access"),
         ("!\tHEAD:refs/heads/main\t[remote rejected] (protected branch hook declined)\n", "", "no-access"),
         ("", "fatal: remote error: access denied or repository not exported: /r.git", "no-access"),
         ("", "ERROR: The key you are authenticating with has been marked as read only.", "no-access"),
-        ("", "remote: Permission to o/r.git denied to deploy-key.\nfatal: unable to access '...': The requested URL returned error: 403", "no-access"),
+        ("", "remote: Permission to o/r.git denied to deploy-key.\n"
+             "fatal: unable to access '...': The requested URL returned error: 403", "no-access"),
         ("", "ssh: connect to host example port 22: Connection refused\nfatal: Could not read from remote repository.", "failed"),
     ],
 )
