@@ -83,8 +83,12 @@ in
             {
               state_dir = stateDir;
             }
-            // lib.optionalAttrs (cfg.tokenFile != null) { token_file = toString cfg.tokenFile; }
-            // lib.optionalAttrs (cfg.sshKeyFile != null) { ssh_key_file = toString cfg.sshKeyFile; }
+            // lib.optionalAttrs (cfg.tokenFile != null) {
+              token_file = toString cfg.tokenFile;
+            }
+            // lib.optionalAttrs (cfg.sshKeyFile != null) {
+              ssh_key_file = toString cfg.sshKeyFile;
+            }
           );
       }
 

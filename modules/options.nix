@@ -19,7 +19,7 @@ in
   inherit settingsFormat;
 
   options = {
-    enable = lib.mkEnableOption "the NixFleet agent, which connects this host to a NixFleet dashboard";
+    enable = lib.mkEnableOption "the NixFleet agent, connecting this host to a NixFleet dashboard";
 
     package = lib.mkPackageOption pkgs "nixfleet-agent" { };
 
@@ -181,35 +181,47 @@ in
     );
 
   # Assertions both modules share; `prefix` is the option path shown in messages.
-  assertions = cfg: prefix: [
-    {
-      assertion = cfg.url != null;
-      message = "${prefix}.url must be set to the dashboard's WebSocket URL, e.g. \"wss://fleet.example.com/ws\".";
-    }
-    {
-      assertion = cfg.tokenFile != null;
-      message = "${prefix}.tokenFile must be set to a file holding the agent token (e.g. an agenix or sops-nix secret).";
-    }
-    {
-      assertion = (cfg.repoUrl == null) != (cfg.configRepo == null);
-      message =
-        if cfg.repoUrl == null then
-          "${prefix}: set ${prefix}.repoUrl to the Git URL of your fleet configuration (or the deprecated ${prefix}.configRepo)."
-        else
-          "${prefix}: set only one of ${prefix}.repoUrl and ${prefix}.configRepo; remove configRepo (deprecated).";
-    }
-    {
-      assertion = cfg.tokenFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.tokenFile);
-      message = "${prefix}.tokenFile is inside the Nix store (${toString cfg.tokenFile}), where every user can read it; pass the path of a runtime secret as a string, e.g. config.age.secrets.nixfleet-token.path.";
-    }
-    {
-      assertion = cfg.sshKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.sshKeyFile);
-      message = "${prefix}.sshKeyFile is inside the Nix store (${toString cfg.sshKeyFile}), where every user can read it; pass the path of a runtime secret as a string, e.g. config.sops.secrets.deploy-key.path.";
-    }
-  ];
+  assertions =
+    cfg: prefix:
+    let
+      outsideStore = path: path == null || !lib.hasPrefix builtins.storeDir (toString path);
+      inStoreMessage =
+        name: path: example:
+        "${prefix}.${name} is inside the Nix store (${toString path}), where every user can "
+        + "read it; give the path of a runtime secret as a string, e.g. ${example}.";
+    in
+    [
+      {
+        assertion = cfg.url != null;
+        message = "${prefix}.url must be set to the dashboard's WebSocket URL, e.g. \"wss://fleet.example.com/ws\".";
+      }
+      {
+        assertion = cfg.tokenFile != null;
+        message = "${prefix}.tokenFile must be set to a file holding the agent token (an agenix or sops-nix secret).";
+      }
+      {
+        assertion = (cfg.repoUrl == null) != (cfg.configRepo == null);
+        message =
+          if cfg.repoUrl == null then
+            "${prefix}: set ${prefix}.repoUrl to the Git URL of your fleet configuration."
+          else
+            "${prefix}: set only one of ${prefix}.repoUrl and ${prefix}.configRepo (deprecated); remove configRepo.";
+      }
+      {
+        assertion = outsideStore cfg.tokenFile;
+        message = inStoreMessage "tokenFile" cfg.tokenFile "config.age.secrets.nixfleet-token.path";
+      }
+      {
+        assertion = outsideStore cfg.sshKeyFile;
+        message = inStoreMessage "sshKeyFile" cfg.sshKeyFile "config.sops.secrets.deploy-key.path";
+      }
+    ];
 
   warnings =
     cfg: prefix:
-    lib.optional (cfg.configRepo != null)
-      "${prefix}.configRepo is deprecated: the agent pulls into a checkout other people may edit. Set ${prefix}.repoUrl (and ${prefix}.sshKeyFile for a private repository) so the agent keeps its own clone.";
+    lib.optional (cfg.configRepo != null) (
+      "${prefix}.configRepo is deprecated: the agent pulls into a checkout other people may edit. "
+      + "Set ${prefix}.repoUrl (and ${prefix}.sshKeyFile for a private repository) so the agent "
+      + "keeps a clone of its own."
+    );
 }
