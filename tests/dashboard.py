@@ -78,6 +78,7 @@ class Dashboard:
         *,
         ssl_context: ssl.SSLContext | None = None,
         ping_interval: float | None = None,
+        ping_timeout: float | None = None,
         on_record: Callable[[Record], None] | None = None,
     ) -> None:
         self.token = token
@@ -85,6 +86,7 @@ class Dashboard:
         self.port = port
         self.ssl_context = ssl_context
         self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self.on_record = on_record
         # behaviour knobs, changeable at any time
         self.reject_status: int | None = None  # answer every /ws upgrade with this HTTP status
@@ -102,6 +104,7 @@ class Dashboard:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -158,7 +161,7 @@ class Dashboard:
             ssl=self.ssl_context,
             process_request=self._process_request,
             ping_interval=self.ping_interval,
-            ping_timeout=None,
+            ping_timeout=self.ping_timeout,
             max_size=MAX_SIZE,
             compression=None,
             server_header=None,
@@ -267,8 +270,10 @@ class Dashboard:
             self._cond.notify_all()
         if self.on_record:
             self.on_record(record)
-        if replaced is not None:
-            await replaced.close()
+        if replaced is not None:  # like upstream: the old socket is closed without waiting for it
+            task = asyncio.ensure_future(replaced.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if kind == "register" and self.auto_register:
             await conn.send(json.dumps({"type": "registered", "payload": {"host_id": name}}))
 

@@ -75,9 +75,9 @@ class Outbox:
         return False
 
     def _note_gap(self, index: int, command: str) -> None:
-        """Keep one notice per gap at the gap's position, counting the lines it replaces."""
-        if index < len(self._items) and self._items[index].kind == "output-gap":
-            gap = self._items[index]
+        """Keep one notice per gap, just before the first surviving line, counting what it replaces."""
+        if index > 0 and self._items[index - 1].kind == "output-gap":
+            gap = self._items[index - 1]
             count = int(gap.command.split("\0", 1)[0]) + 1
             gap.command = f"{count}\0{command}"
             return
