@@ -6,6 +6,7 @@ The tier skips with a reason where it cannot run (not root, tools missing) excep
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from systier import container, prereqs, rootfs  # noqa: E402
+from systier import container, prereqs, rootfs, units  # noqa: E402
 
 EXCHANGE_INSIDE = "/srv/exchange"
 
@@ -63,3 +64,18 @@ def system_container(system_rootfs: Path, exchange_dir: Path) -> Iterator[contai
         yield box
     finally:
         box.stop()
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The NixOS module's rendered units (tests/golden/, kept in sync with modules/nixos.nix).
+
+    NIXFLEET_TEST_GOLDEN_DIR points at another rendering, e.g. fresh nix-harness output.
+    """
+    path = Path(os.environ.get("NIXFLEET_TEST_GOLDEN_DIR") or units.GOLDEN_DIR)
+    if not units.golden_units(path):
+        message = f"no rendered nixfleet-agent units in {path}"
+        if prereqs.on_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path

@@ -1,0 +1,106 @@
+"""Turn the booted container into a NixOS-like agent host: agent wheel in the venv, the golden
+units adapted to it, a TOML config pointing at the test's dashboard and fleet repo, the token at
+the path the golden unit's LoadCredential= names, and the nixos-rebuild shim."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import agentwheel, units
+from .container import Container
+from .rootfs import VENV_DIR
+
+AGENT_UNIT = "nixfleet-agent.service"
+PRIV_UNIT = "nixfleet-agent-privileged.service"
+PATH_UNIT = "nixfleet-agent-privileged.path"
+STATE_DIR = "/var/lib/private/nixfleet-agent"
+PRIV_DIR = "/var/lib/nixfleet-agent-privileged"
+HOSTNAME = "systier"
+
+
+@dataclass
+class AgentHost:
+    box: Container
+    unit_names: list[str]
+    token_path: str
+
+    def agent_pid(self) -> int:
+        return int(self.box.show(AGENT_UNIT, "MainPID") or 0)
+
+
+def toml_dumps(data: dict[str, object]) -> str:
+    """Enough TOML for the agent's flat config (str, int, bool, list of str)."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int):
+            rendered = str(value)
+        elif isinstance(value, str):
+            rendered = json.dumps(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        else:
+            raise ValueError(f"config key {key}: cannot render {value!r} as TOML")
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"
+
+
+def config_for(golden_dir: Path, url: str, repo_url: str) -> str:
+    """The golden TOML (when the golden files have one) with this test's endpoints."""
+    golden = sorted(golden_dir.rglob("*.toml")) if golden_dir.is_dir() else []
+    data: dict[str, object] = tomllib.loads(golden[0].read_text()) if golden else {
+        "switch_launcher": "privileged",
+        "privileged_dir": PRIV_DIR,
+    }
+    data.update({"url": url, "repo_url": repo_url, "hostname": HOSTNAME, "interval": 1, "log_level": "debug"})
+    return toml_dumps(data)
+
+
+def install(
+    box: Container,
+    *,
+    wheel_host: Path,
+    exchange_host: Path,
+    exchange_inside: str,
+    url: str,
+    repo_url: str,
+    token: str,
+    golden_dir: Path = units.GOLDEN_DIR,
+) -> AgentHost:
+    golden = units.golden_units(golden_dir)
+    names = [path.name for path in golden]
+    missing = {AGENT_UNIT, PRIV_UNIT, PATH_UNIT} - set(names)
+    if missing:
+        raise units.GoldenError(f"golden units missing in {golden_dir}: {', '.join(sorted(missing))}")
+
+    rel = wheel_host.relative_to(exchange_host)
+    agentwheel.install(box, f"{exchange_inside}/{rel}")
+    box.write_file(units.SHIM_PATH, units.SHIM_SOURCE.read_text(), mode=0o755)
+    box.write_file("/etc/nixfleet-test/rebuild-seconds", "0\n")
+    box.write_file(units.CONFIG_PATH, config_for(golden_dir, url, repo_url))
+    # What NixOS has and Debian lacks: the marker the agent detects NixOS by, and the agent on
+    # the system PATH (where the agent looks for its installed self after a switch).
+    box.write_file("/etc/NIXOS", "")
+    box.run("ln", "-sf", f"{VENV_DIR}/bin/nixfleet-agent", "/usr/local/bin/nixfleet-agent")
+
+    def exists(path: str) -> bool:
+        return box.run("test", "-e", path, check=False).returncode == 0
+
+    token_path = ""
+    for path in golden:
+        text = units.adapt(path.read_text(), path.name, exists)
+        if path.name == AGENT_UNIT:
+            creds = [c.split(":", 1)[1] for c in units.directives(text, "LoadCredential") if c.startswith("token:")]
+            if not creds:
+                raise units.GoldenError(f"{path}: no LoadCredential=token:... line")
+            token_path = creds[0]
+        box.write_file(f"/etc/systemd/system/{path.name}", text)
+    box.write_file(token_path, token, mode=0o600)
+    box.systemctl("daemon-reload")
+    box.systemctl("start", PATH_UNIT)
+    box.systemctl("start", AGENT_UNIT)
+    return AgentHost(box=box, unit_names=names, token_path=token_path)

@@ -1,0 +1,235 @@
+"""The agent under a real systemd, in the units the NixOS module renders (tests/golden/, store
+paths adapted): it starts, registers and heartbeats as an unprivileged dynamic user; its token
+comes only through the credential; systemd restarts it after a crash; a switch goes through the
+root path unit and survives the agent being stopped; the root side refuses bad requests."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard import Dashboard  # tests/dashboard.py (tests/conftest.py puts tests/ on sys.path)
+
+from systier import agenthost, agentwheel, gitserver
+from systier.agenthost import AGENT_UNIT, PATH_UNIT, PRIV_DIR, PRIV_UNIT, STATE_DIR, AgentHost
+from systier.container import Container
+from systier.waiting import wait_for
+
+TOKEN = "systier-token-3b9d0e55-never-logged"
+HOST = agenthost.HOSTNAME
+DYNAMIC_UIDS = range(61184, 65520)
+
+
+@pytest.fixture(scope="module")
+def dash() -> Iterator[Dashboard]:
+    board = Dashboard(token=TOKEN).start()
+    try:
+        yield board
+    finally:
+        board.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(exchange_dir: Path, system_container: Container) -> tuple[gitserver.FleetRepo, str]:
+    repo = gitserver.FleetRepo(exchange_dir, "/srv/exchange")
+    repo.create()
+    return repo, repo.serve(system_container)
+
+
+@pytest.fixture(scope="module")
+def host(
+    system_container: Container, exchange_dir: Path, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str],
+    golden_dir: Path,
+) -> Iterator[AgentHost]:
+    wheel = agentwheel.build(exchange_dir / "build")
+    agent = agenthost.install(
+        system_container, wheel_host=wheel, exchange_host=exchange_dir, exchange_inside="/srv/exchange",
+        url=dash.url, repo_url=fleet[1], token=TOKEN, golden_dir=golden_dir,
+    )
+    dash.wait_message("register", HOST, timeout=30)
+    yield agent
+    system_container.systemctl("stop", AGENT_UNIT, PATH_UNIT, check=False)
+
+
+def agent_pid(box: Container) -> int:
+    return box.wait_unit_active(AGENT_UNIT, timeout=30)
+
+
+def status_field(box: Container, pid: int, name: str) -> str:
+    for line in box.read_file(f"/proc/{pid}/status").splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"/proc/{pid}/status has no {name}")
+
+
+# ---------------------------------------------------------------------------- the agent unit
+
+
+def test_agent_registers_and_heartbeats(host: AgentHost, dash: Dashboard) -> None:
+    register = dash.wait_message("register", HOST, timeout=30).payload
+    assert register["host_type"] == "nixos"
+    assert register["repo_url"].startswith("git://127.0.0.1:")
+    since = dash.mark()
+    dash.wait_message("heartbeat", HOST, since=since, timeout=10)
+    beat = dash.wait_message("heartbeat", HOST, since=dash.mark(), timeout=10).payload
+    assert beat["generation"] and beat["metrics"] is not None
+
+
+def test_agent_runs_unprivileged_without_a_way_to_root(host: AgentHost) -> None:
+    box = host.box
+    pid = agent_pid(box)
+    uid = int(status_field(box, pid, "Uid").split()[0])
+    assert uid in DYNAMIC_UIDS, f"agent runs as uid {uid}, not a dynamic user"
+    assert status_field(box, pid, "NoNewPrivs") == "1"
+    assert int(status_field(box, pid, "CapEff"), 16) == 0
+    assert int(status_field(box, pid, "CapBnd"), 16) == 0
+    assert box.run("sh", "-c", "command -v sudo", check=False).returncode != 0, "sudo is installed"
+
+
+def test_state_dir_is_private_to_the_agent(host: AgentHost, dash: Dashboard) -> None:
+    box = host.box
+    pid = agent_pid(box)
+    uid = status_field(box, pid, "Uid").split()[0]
+    dash.wait_message("heartbeat", HOST, since=dash.mark(), timeout=10)
+    assert box.run("stat", "-c", "%a %u", STATE_DIR).stdout.split() == ["700", uid]
+    assert box.run("stat", "-c", "%a", "/var/lib/private").stdout.strip() == "700"
+    # everything the agent created is private: no file readable or writable by group/others
+    loose = box.run("find", STATE_DIR, "-perm", "/077", "-not", "-type", "l").stdout.split()
+    assert loose == [], f"files readable by others: {loose}"
+
+
+def test_token_arrives_only_through_the_credential(host: AgentHost, dash: Dashboard) -> None:
+    box = host.box
+    pid = agent_pid(box)
+    dash.wait_message("heartbeat", HOST, since=dash.mark(), timeout=10)  # authenticated with it
+    places = {
+        "systemctl show": box.systemctl("show", AGENT_UNIT).stdout,
+        "systemctl cat": box.systemctl("cat", AGENT_UNIT).stdout,
+        "environ": box.run("cat", f"/proc/{pid}/environ").stdout,
+        "cmdline": box.run("cat", f"/proc/{pid}/cmdline").stdout,
+        "journal": box.run("journalctl", "--no-pager", "-b", "-o", "cat").stdout,
+        "config": box.read_file("/etc/nixfleet-agent/config.toml"),
+        "state dir": box.run("grep", "-rl", "--", TOKEN, STATE_DIR, check=False).stdout,
+        "dashboard": json.dumps([r.raw for r in dash.records]),
+    }
+    leaked = [where for where, text in places.items() if TOKEN in text]
+    assert leaked == [], f"token visible in: {leaked}"
+    assert "level=info" in places["journal"], "journal check read nothing"
+    creds = box.run("cat", f"/run/credentials/{AGENT_UNIT}/token").stdout
+    assert creds == TOKEN
+
+
+def test_killed_agent_is_restarted_and_registers_again(host: AgentHost, dash: Dashboard) -> None:
+    box = host.box
+    pid = agent_pid(box)
+    since = dash.mark()
+    box.run("kill", "-9", str(pid))
+    # RestartSec= in the golden unit decides the delay; the wait covers it with margin
+    new_pid = wait_for(lambda: (p := int(box.show(AGENT_UNIT, "MainPID") or 0)) not in (0, pid) and p,
+                       40, "systemd to restart the killed agent", detail=lambda: box.journal(AGENT_UNIT))
+    assert new_pid != pid
+    dash.wait_message("register", HOST, since=since, timeout=30)
+
+
+def test_security_report(host: AgentHost, capsys: pytest.CaptureFixture[str]) -> None:
+    """Print `systemd-analyze security` of the agent's unit; upstream's unit scores 9.5 UNSAFE."""
+    report = host.box.run("systemd-analyze", "security", "--no-pager", AGENT_UNIT, check=False, timeout=60).stdout
+    with capsys.disabled():
+        print(f"\n--- systemd-analyze security {AGENT_UNIT} (inside the container) ---\n{report}")
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", report)
+    assert match, f"no overall exposure level in:\n{report}"
+    assert float(match.group(1)) < 5.0, f"the agent's unit is {match.group(2)} ({match.group(1)})"
+
+
+# ---------------------------------------------------------------------------- privileged switch
+
+
+def shim_lines(dash: Dashboard, since: int) -> list[str]:
+    return [str(r.payload.get("line", "")) for r in dash.messages("output", HOST, since=since)]
+
+
+def set_rebuild(box: Container, seconds: int, exit_code: int = 0) -> None:
+    box.write_file("/etc/nixfleet-test/rebuild-seconds", f"{seconds}\n")
+    box.write_file("/etc/nixfleet-test/rebuild-exit", f"{exit_code}\n")
+
+
+def test_switch_goes_through_the_privileged_unit(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
+    box = host.box
+    repo, _ = fleet
+    set_rebuild(box, 2)
+    commit = repo.commit({"hosts/systier.nix": "{ }\n"}, "switch me")
+    pid = agent_pid(box)
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["exit_code"] == 0, status
+    lines = shim_lines(dash, since)
+    shim = [line for line in lines if line.startswith("nixos-rebuild-shim uid=")]
+    assert shim, f"the shim's output never reached the dashboard: {lines}"
+    assert shim[0].startswith("nixos-rebuild-shim uid=0 args=switch "), shim[0]
+    assert f"?rev={commit}#{HOST}" in shim[0], shim[0]
+    assert "nixos-rebuild-shim step 2/2" in lines, "streamed output lost"
+    # the dashboard completes a switch on a new registration; the package did not change, so
+    # the agent re-registers without restarting
+    dash.wait_message("register", HOST, since=since, timeout=30)
+    assert agent_pid(box) == pid
+    results = box.run("sh", "-c", f"ls {PRIV_DIR}/*/result.json").stdout.split()
+    assert results, "the root unit wrote no result.json"
+
+
+def test_switch_survives_the_agent_being_stopped(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
+    box = host.box
+    repo, _ = fleet
+    set_rebuild(box, 6)
+    repo.commit({"hosts/systier.nix": "{ slow = true; }\n"}, "slow switch")
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    dash.wait_message("output", HOST, since=since, timeout=60,
+                      where=lambda r: str(r.payload.get("line", "")).startswith("nixos-rebuild-shim step 1/"))
+    box.systemctl("stop", AGENT_UNIT)
+    assert box.show(PRIV_UNIT, "ActiveState") in ("active", "activating"), "stopping the agent stopped the switch"
+    stopped_at = dash.mark()
+    box.systemctl("start", AGENT_UNIT)
+    status = dash.wait_message("status", HOST, since=stopped_at, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["exit_code"] == 0, status
+    assert box.show(PRIV_UNIT, "Result") == "success"
+    statuses = [r for r in dash.messages("status", HOST, since=since) if r.payload.get("command") == "pull-switch"]
+    assert len(statuses) == 1, "the result was reported more than once"
+
+
+@pytest.mark.parametrize(
+    ("request_body", "culprit"),
+    [
+        ({"action": "rm-rf", "commit": "0" * 40}, "action"),
+        ({"action": "switch", "commit": "HEAD; reboot"}, "commit"),
+    ],
+    ids=["disallowed-action", "malformed-commit"],
+)
+def test_root_side_refuses_bad_requests(host: AgentHost, request_body: dict[str, str], culprit: str) -> None:
+    box = host.box
+    request_id = f"bad-{culprit}-{int(time.time())}"
+    body = json.dumps({"id": request_id, "flake_attr": HOST, **request_body})
+    uid = status_field(box, agent_pid(box), "Uid").split()[0]
+    box.sh(f"install -d -m 0700 -o {uid} {STATE_DIR}/privileged")
+    # written as the agent would: a file of its user, renamed into place
+    box.run("sh", "-ec", f"cd {STATE_DIR}/privileged; cat > .tmp; chown {uid}:{uid} .tmp; mv .tmp request.json",
+            input=body)
+    result_path = f"{PRIV_DIR}/{request_id}/result.json"
+    wait_for(lambda: box.run("test", "-e", result_path, check=False).returncode == 0, 30,
+             f"the root side to answer {request_id}", detail=lambda: box.journal(PRIV_UNIT))
+    result = json.loads(box.read_file(result_path))
+    assert result["exit_code"] == 2, result
+    assert culprit in result["error"], result
+    log = box.run("cat", f"{PRIV_DIR}/{request_id}/output.log", check=False).stdout
+    assert "nixos-rebuild-shim" not in log, "a refused request ran nixos-rebuild"
+    assert box.run("test", "-e", f"{STATE_DIR}/privileged/request.json", check=False).returncode != 0
