@@ -63,22 +63,22 @@ let
     };
 in
 {
-  registration = mkTest "registration" {
+  vm-registration = mkTest "registration" {
     server = common.server;
     agent = common.agent { };
   };
 
-  repository = mkTest "repository" {
+  vm-repository = mkTest "repository" {
     server = common.server;
     agent = common.agent { };
   };
 
-  switch = mkTest "switch" {
+  vm-switch = mkTest "switch" {
     server = common.server;
     agent = switchAgent;
   };
 
-  secrets = mkTest "secrets" {
+  vm-secrets = mkTest "secrets" {
     server = common.server;
     agent = common.agent { };
   };
@@ -86,7 +86,7 @@ in
 // (
   if self.inputs ? home-manager then
     {
-      home-manager = mkTest "home-manager" {
+      vm-home-manager = mkTest "home-manager" {
         server = common.server;
         workstation = {
           imports = [ self.inputs.home-manager.nixosModules.home-manager ];

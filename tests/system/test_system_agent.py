@@ -184,6 +184,31 @@ def test_switch_goes_through_the_privileged_unit(
     assert results, "the root unit wrote no result.json"
 
 
+def test_switch_that_changes_the_agent_restarts_it(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
+    box = host.box
+    repo, _ = fleet
+    set_rebuild(box, 3)
+    repo.commit({"hosts/systier.nix": "{ agent = 2; }\n"}, "new agent")
+    pid = agent_pid(box)
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    dash.wait_message("output", HOST, since=since, timeout=60,
+                      where=lambda r: str(r.payload.get("line", "")).startswith("nixos-rebuild-shim step 1/"))
+    # what a switch installing a new agent package does on NixOS: a new unit definition
+    unit = f"/etc/systemd/system/{AGENT_UNIT}"
+    box.write_file(unit, box.read_file(unit) + "# new agent package\n")
+    box.systemctl("daemon-reload")
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch")
+    assert status.payload["exit_code"] == 0, status.payload
+    new_pid = wait_for(lambda: (p := int(box.show(AGENT_UNIT, "MainPID") or 0)) not in (0, pid) and p,
+                       40, "the agent to restart after a switch that changed it", detail=lambda: box.journal(AGENT_UNIT))
+    assert new_pid != pid
+    dash.wait_message("register", HOST, since=status.index + 1, timeout=30)
+
+
 def test_switch_survives_the_agent_being_stopped(
     host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
 ) -> None:
