@@ -150,10 +150,10 @@ in
         DevicePolicy = "closed";
         KeyringMode = "private";
         SystemCallArchitectures = "native";
+        # not ~@resources: the nix, git and ssh children adjust their own rlimits
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
-          "~@resources"
         ];
         SystemCallErrorNumber = "EPERM";
       }

@@ -1,0 +1,226 @@
+"""The NixOS module, evaluated against NixOS' real systemd module by the nix-harness.
+
+What a host operator relies on: the agent runs the packaged executable unprivileged with its
+secrets passed as credentials only, hardened to an exposure score of at most 2.0; the privileged
+switch unit is started by the path unit and survives the switch it runs; every misconfiguration
+fails evaluation with a message saying what to set.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nix_harness_support import eval_json, exposure, nix_arg, parse_unit, run
+
+TOKEN_FILE = "/run/agenix/nixfleet-token"
+SSH_KEY_FILE = "/run/agenix/nixfleet-deploy-key"
+GOOD = {
+    "enable": True,
+    "url": "wss://fleet.example.com/ws",
+    "tokenFile": TOKEN_FILE,
+    "sshKeyFile": SSH_KEY_FILE,
+    "repoUrl": "git@github.com:example/nixcfg.git",
+    "location": "cloud",
+    "deviceType": "server",
+    "themeColor": "#7aa2f7",
+}
+HARDENING = {
+    "DynamicUser": "true",
+    "NoNewPrivileges": "true",
+    "CapabilityBoundingSet": "",
+    "PrivateTmp": "true",
+    "PrivateDevices": "true",
+    "ProtectSystem": "strict",
+    "ProtectHome": "true",
+    "ProtectKernelTunables": "true",
+    "ProtectKernelModules": "true",
+    "ProtectControlGroups": "true",
+    "RestrictNamespaces": "true",
+    "RestrictSUIDSGID": "true",
+    "LockPersonality": "true",
+    "MemoryDenyWriteExecute": "true",
+    "SystemCallArchitectures": "native",
+    "UMask": "0077",
+}
+
+
+def settings(**overrides: object) -> str:
+    agent = {k: v for k, v in {**GOOD, **overrides}.items() if v is not None}
+    return nix_arg({"services": {"nixfleet-agent": agent}})
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("nixos-good")
+    proc = run("nixos", "nixos-good.nix", out, "--security")
+    assert proc.returncode == 0, proc.stdout
+    return out, proc.stdout
+
+
+def unit(out: Path, name: str) -> dict[str, dict[str, list[str]]]:
+    return parse_unit((out / "units" / name).read_text())
+
+
+def test_agent_runs_the_package_with_a_store_config_file(good: tuple[Path, str]) -> None:
+    out, _ = good
+    service = unit(out, "nixfleet-agent.service")["Service"]
+    (exec_start,) = service["ExecStart"]
+    exe, flag, config = exec_start.split(" ")
+    assert exe.startswith("/nix/store/") and exe.endswith("-nixfleet-agent-0.1.0/bin/nixfleet-agent")
+    assert flag == "--config"
+    assert config.startswith("/nix/store/") and config.endswith("-nixfleet-agent.toml")
+
+
+def test_secrets_only_as_credentials(good: tuple[Path, str]) -> None:
+    out, _ = good
+    text = (out / "units" / "nixfleet-agent.service").read_text()
+    service = parse_unit(text)["Service"]
+    assert service["LoadCredential"] == [f"token:{TOKEN_FILE}", f"ssh-key:{SSH_KEY_FILE}"]
+    assert "EnvironmentFile" not in service
+    assert not any("TOKEN" in env or "SSH_KEY" in env for env in service.get("Environment", []))
+    # the paths appear in LoadCredential and nowhere else, in no unit and not in the config file
+    for path in (TOKEN_FILE, SSH_KEY_FILE):
+        assert text.count(path) == 1
+        assert path not in (out / "units" / "nixfleet-agent-privileged.service").read_text()
+        assert path not in (out / "scripts" / "nixfleet-agent.toml").read_text()
+    assert "token" not in (out / "scripts" / "nixfleet-agent.toml").read_text()
+
+
+def test_state_directory_private_and_hardening(good: tuple[Path, str]) -> None:
+    out, _ = good
+    service = unit(out, "nixfleet-agent.service")["Service"]
+    assert service["StateDirectory"] == ["nixfleet-agent"]
+    assert service["StateDirectoryMode"] == ["0700"]
+    for key, value in HARDENING.items():
+        assert service.get(key) == [value], key
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert "User" not in service and "NoNewPrivileges" in service
+
+
+def test_agent_unit_ordering_restart_and_switch_safety(good: tuple[Path, str]) -> None:
+    out, _ = good
+    parsed = unit(out, "nixfleet-agent.service")
+    assert parsed["Unit"]["Wants"] == ["network-online.target"]
+    assert parsed["Unit"]["After"] == ["network-online.target"]
+    assert parsed["Install"]["WantedBy"] == ["multi-user.target"]
+    assert parsed["Service"]["Restart"] == ["always"]
+    assert parsed["Service"]["RestartSec"] == ["10"]
+    assert parsed["Service"]["X-RestartIfChanged"] == ["false"]
+
+
+def test_exposure_at_most_two(good: tuple[Path, str]) -> None:
+    _, output = good
+    if "systemd-analyze security nixfleet-agent.service" not in output:
+        pytest.skip("systemd-analyze is not installed; no exposure score")
+    score = exposure(output, "nixfleet-agent.service")
+    print(f"systemd-analyze security nixfleet-agent.service: exposure {score}")
+    assert score <= 2.0
+
+
+def test_units_verify_clean(good: tuple[Path, str]) -> None:
+    _, output = good
+    if "systemd-analyze verify: OK" not in output:
+        assert "systemd-analyze: skipped" in output, output
+        pytest.skip("systemd-analyze is not installed")
+
+
+def test_privileged_unit_survives_the_switch_it_runs(good: tuple[Path, str]) -> None:
+    out, _ = good
+    parsed = unit(out, "nixfleet-agent-privileged.service")
+    service = parsed["Service"]
+    assert service["Type"] == ["oneshot"]
+    assert service["X-RestartIfChanged"] == ["false"]
+    assert parsed["Unit"]["X-StopOnRemoval"] == ["false"]
+    assert "Install" not in parsed  # started only by the path unit
+    (exec_start,) = service["ExecStart"]
+    argv = exec_start.split(" ")
+    assert argv[0].endswith("/bin/nixfleet-agent-privileged")
+    options = dict(zip(argv[1::2], argv[2::2]))
+    assert options["--request"] == "/var/lib/private/nixfleet-agent/privileged/request.json"
+    assert options["--repo"] == "/var/lib/private/nixfleet-agent/repo"
+    assert options["--out-dir"] == "/var/lib/nixfleet-agent-privileged"
+    assert options["--nixos-rebuild"].endswith("/bin/nixos-rebuild")
+    assert service["StateDirectoryMode"] == ["0755"]
+
+
+def test_path_unit_watches_the_request_and_verifies(good: tuple[Path, str]) -> None:
+    out, _ = good
+    text = eval_json("nixos-good.nix", 'config.systemd.units."nixfleet-agent-privileged.path".text')
+    assert isinstance(text, str)
+    parsed = parse_unit(text)
+    assert parsed["Path"]["PathExists"] == ["/var/lib/private/nixfleet-agent/privileged/request.json"]
+    assert parsed["Path"]["Unit"] == ["nixfleet-agent-privileged.service"]
+    assert parsed["Install"]["WantedBy"] == ["paths.target"]
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    root = out / "sdroot"
+    (root / "etc/systemd/system/nixfleet-agent-privileged.path").write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
+                           "nixfleet-agent-privileged.path"], capture_output=True, text=True)
+    assert proc.returncode == 0 and not proc.stderr.strip() and not proc.stdout.strip(), proc.stderr
+
+
+def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) -> None:
+    settings_ = eval_json("nixos-good.nix", "config.services.nixfleet-agent.settings")
+    assert settings_ == {
+        "url": "wss://fleet.example.com/ws",
+        "repo_url": "git@github.com:example/nixcfg.git",
+        "branch": "main",
+        "hostname": "web1",
+        "interval": 5,
+        "log_level": "info",
+        "location": "cloud",
+        "device_type": "server",
+        "theme_color": "#7aa2f7",
+        "switch_launcher": "privileged",
+        "privileged_dir": "/var/lib/nixfleet-agent-privileged",
+    }
+
+
+def test_settings_override_options(tmp_path: Path) -> None:
+    value = eval_json("nixos-good.nix", "config.services.nixfleet-agent.settings",
+                      "--arg", "settings", settings(interval=30, settings={"interval": 60, "git_timeout": 900}))
+    assert isinstance(value, dict)
+    assert value["interval"] == 60 and value["git_timeout"] == 900
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"url": None}, "services.nixfleet-agent.url must be set"),
+        ({"tokenFile": None}, "services.nixfleet-agent.tokenFile must be set"),
+        ({"repoUrl": None}, "set services.nixfleet-agent.repoUrl to the Git URL"),
+        ({"configRepo": "/srv/nixcfg"}, "set only one of services.nixfleet-agent.repoUrl and"),
+        ({"tokenFile": "/nix/store/0000000000000000000000000000000a-token"},
+         "services.nixfleet-agent.tokenFile is inside the Nix store"),
+        ({"sshKeyFile": "/nix/store/0000000000000000000000000000000a-key"},
+         "services.nixfleet-agent.sshKeyFile is inside the Nix store"),
+        ({"hostname": "web 1"}, "services.nixfleet-agent.hostname must be 1-63 characters"),
+    ],
+    ids=["no-url", "no-token", "no-repo", "both-repos", "token-in-store", "key-in-store", "bad-hostname"],
+)
+def test_each_assertion_fires(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
+    proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings", settings(**overrides))
+    assert proc.returncode != 0
+    assert "Failed assertions" in proc.stdout and message in proc.stdout, proc.stdout
+
+
+def test_config_repo_warns_and_is_built_from(tmp_path: Path) -> None:
+    proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings",
+               settings(repoUrl=None, configRepo="/srv/nixcfg"))
+    assert proc.returncode == 0, proc.stdout
+    assert "services.nixfleet-agent.configRepo is deprecated" in proc.stdout
+    agent = unit(tmp_path, "nixfleet-agent.service")["Service"]
+    assert agent["ReadWritePaths"] == ["/srv/nixcfg"]
+    privileged = unit(tmp_path, "nixfleet-agent-privileged.service")["Service"]
+    assert "--repo /srv/nixcfg " in privileged["ExecStart"][0]
+
+
+def test_bad_option_value_is_a_type_error(tmp_path: Path) -> None:
+    proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings", settings(interval=0))
+    assert proc.returncode != 0
+    assert "services.nixfleet-agent.interval" in proc.stdout and "is not of type" in proc.stdout
