@@ -10,7 +10,7 @@ logged once per streak and waits the maximum so a fleet with a rotated token nev
 from __future__ import annotations
 
 import select
-import ssl
+import sys
 import threading
 import time
 from typing import Callable
@@ -37,8 +37,9 @@ def describe(exc: BaseException) -> str:
     """A short, token-free description of a dial error."""
     if isinstance(exc, websocket.WebSocketBadStatusException):
         return f"HTTP {exc.status_code}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
+    ssl = sys.modules.get("ssl")  # only loaded for wss:// (see cli.avoid_ssl_for_plain_ws)
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        return f"TLS: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc) or type(exc).__name__
@@ -211,7 +212,7 @@ class Connection:
             sock = ws.sock
             if sock is None:
                 return "socket closed"
-            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS-buffered bytes
             if not pending:
                 try:
                     readable, _, _ = select.select([sock], [], [], remaining)

@@ -262,6 +262,7 @@ def follow(
     offset = load_offset(state_dir, op)
     splitter = LineSplitter(emit)
     saved_at = time.monotonic()
+    dirty = False
     fh = None
     waited_since = time.monotonic()
     try:
@@ -276,10 +277,14 @@ def follow(
             if data:
                 splitter.feed(data)
                 offset += len(data)
+                dirty = True
                 if time.monotonic() - saved_at >= OFFSET_SAVE_EVERY:
                     save_offset(state_dir, op, offset)
-                    saved_at = time.monotonic()
+                    saved_at, dirty = time.monotonic(), False
                 continue
+            if dirty and not splitter.pending():  # idle at a line boundary: remember exactly where
+                save_offset(state_dir, op, offset)
+                saved_at, dirty = time.monotonic(), False
             result = read_result(result_path)
             if result is not None:
                 if fh is not None and fh.read(1):  # written between our last read and the result

@@ -263,9 +263,12 @@ class Repo:
         if not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True)  # an existing parent is the operator's
         env = self.git_env()  # validates the SSH key before any network attempt
+        if self.path.is_dir():
+            # Ownership first: git refuses a repository owned by someone else ("dubious
+            # ownership"), which would otherwise look like corruption and be moved aside.
+            ensure_private_dir(self.path, "repo_dir")
         problem = self.problem(thorough)
         if problem is None:
-            ensure_private_dir(self.path, "repo_dir")
             return
         if problem != "missing":
             self._move_aside(problem)

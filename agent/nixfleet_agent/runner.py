@@ -95,6 +95,10 @@ class LineSplitter:
             self._flush_line()
             start = nl + 1
 
+    def pending(self) -> bool:
+        """True while a partial line is buffered (no newline seen yet)."""
+        return bool(self._buf or self._dropped)
+
     def close(self) -> None:
         """Emit a final line that had no newline (EOF)."""
         if self._buf or self._dropped:

@@ -112,3 +112,17 @@ def kinds(records: list[Any]) -> list[str]:
             continue
         out.append(label)
     return out
+
+
+def add_tests(repo: Path, scripts: dict[str, str], host: str = "test-host", mode: int = 0o755) -> None:
+    """Commit test scripts into the fleet repo (``hosts/<host>/tests``) before the agent clones it."""
+    from support import git
+
+    directory = repo / "hosts" / host / "tests"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        path = directory / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(mode)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "tests")

@@ -157,13 +157,12 @@ class Job:
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self.ctx.reporter.progress(phase, current, total, status)
 
-    def stopped_status(self, result: Result) -> bool:
+    def stopped_status(self, result: Result, extra: str = "") -> bool:
         """If the user stopped this job, send the ``stopped`` status naming the signal; True if so."""
-        sig = self.tracker.sent_signal()
-        if sig is None:
+        if self.tracker.sent_signal() is None:
             return False
-        how = runner.signal_name(result.signal) if result.signal is not None else f"exit {result.exit_code}"
-        self.err(f"⏹  {self.name} stopped by user ({'terminated by ' + how if result.signal else how})")
-        self.status("stopped", result.exit_code or 130,
-                    f"stopped by user: {'terminated by ' + how if result.signal else 'ended with ' + how}")
+        how = (f"terminated by {runner.signal_name(result.signal)}" if result.signal is not None
+               else f"ended with exit {result.exit_code}")
+        self.err(f"⏹  {self.name} stopped by user ({how}){extra}")
+        self.status("stopped", result.exit_code or 130, f"stopped by user: {how}{extra}")
         return True

@@ -69,8 +69,7 @@ def test(job: Job) -> None:
     if job.tracker.sent_signal() is not None:
         job.progress("tests", 0, 8, "error")
         ctx.status.set("tests", "error", f"Tests stopped ({summary})")
-        job.err(f"⏹  tests stopped by user after {index}/{total}")
-        job.status("stopped", 130, f"stopped by user ({summary})")
+        job.stopped_status(result, f" after {index}/{total} ({summary})")
     elif failed:
         job.progress("tests", 0, 8, "error")
         ctx.status.set("tests", "error", f"Tests failed ({len(failed)}/{total}: {', '.join(failed)})")

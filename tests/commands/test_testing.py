@@ -1,0 +1,54 @@
+"""``test``: each script on its own, test_progress after each, any failure fails, no tests = ok."""
+
+from __future__ import annotations
+
+from conftest import add_tests, kinds
+
+
+def test_all_pass(session, fleet_repo) -> None:
+    add_tests(fleet_repo, {"T02-b.sh": "echo b ok", "T01-a.sh": "echo a ok", "T10-c.sh": "echo c ok"})
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "ok" and status["message"] == "3/3 passed"
+    progress = [r.payload for r in records if r.type == "test_progress"]
+    assert [(p["current"], p["passed"], p["running"]) for p in progress] == [(1, 1, True), (2, 2, True), (3, 3, False), (3, 3, False)]
+    assert progress[-1]["result"] == "3/3 passed" and progress[0]["total"] == 3
+    lines = session.lines(records)
+    assert [l for l in lines if l.startswith("▶")] == ["▶ [1/3] T01-a.sh", "▶ [2/3] T02-b.sh", "▶ [3/3] T10-c.sh"]
+    assert kinds(records)[0] == "progress:tests:in_progress" and "progress:tests:complete" in kinds(records)
+
+
+def test_an_early_failure_fails_the_run(session, fleet_repo) -> None:
+    # upstream's loop returned only the last script's status: a failing first script was ignored
+    add_tests(fleet_repo, {"T01-bad.sh": "echo broken >&2; exit 2", "T02-good.sh": "echo fine"})
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "error" and status["exit_code"] == 1
+    assert status["message"] == "1/2 passed; failed: T01-bad.sh"
+    assert [r.payload["passed"] for r in records if r.type == "test_progress"] == [0, 1, 1]
+    assert ("broken", True) in [(r.payload["line"], r.payload["is_error"]) for r in records if r.type == "output"]
+    assert "progress:tests:error" in kinds(records)
+
+
+def test_no_tests_is_success(session) -> None:
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "ok" and status["message"] == "no tests"
+    assert [r.payload["result"] for r in records if r.type == "test_progress"] == ["no tests"]
+
+
+def test_non_executable_script_is_skipped_not_failed(session, fleet_repo) -> None:
+    add_tests(fleet_repo, {"T01-a.sh": "echo a"})
+    add_tests(fleet_repo, {"T02-notes.sh": "exit 1"}, mode=0o644)
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "ok" and status["message"] == "1/1 passed"
+    assert "⏭  skipping T02-notes.sh: not executable" in session.lines(records)
+
+
+def test_script_killed_by_a_signal(session, fleet_repo) -> None:
+    add_tests(fleet_repo, {"T01-crash.sh": 'echo before; kill -KILL $$'})
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "error"
+    assert "❌ T01-crash.sh failed (terminated by SIGKILL)" in session.lines(records)
