@@ -56,6 +56,10 @@ _ROOT_CAUSES = (
     "could not read Username",
     "The requested URL returned error",
     "unable to access",
+    "read only",
+    "read-only",
+    "ERROR:",
+    "remote error:",
 )
 
 

@@ -61,7 +61,15 @@ class Sshd:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host_key = keygen(self.dir / "host_ed25519", "host")
         self.deploy_key = keygen(self.dir / "deploy_key", "deploy")
-        (self.dir / "authorized_keys").write_text((self.dir / "deploy_key.pub").read_text())
+        self.read_only_key = keygen(self.dir / "read_only_key", "read-only")
+        # Like a hosting service's read-only deploy key: fetches allowed, pushes refused.
+        only_fetch = (
+            'command="case \\"$SSH_ORIGINAL_COMMAND\\" in git-upload-pack*) eval \\"$SSH_ORIGINAL_COMMAND\\";; '
+            '*) echo \\"ERROR: this deploy key is read only\\" >&2; exit 1;; esac",restrict '
+        )
+        (self.dir / "authorized_keys").write_text(
+            (self.dir / "deploy_key.pub").read_text() + only_fetch + (self.dir / "read_only_key.pub").read_text()
+        )
         self.port = free_port()
         config = self.dir / "sshd_config"
         config.write_text(

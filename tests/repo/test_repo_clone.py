@@ -200,3 +200,13 @@ def test_both_repo_url_and_config_repo_is_refused(tmp_path: Path, remote: Remote
     repo = Repo(make_cfg(tmp_path, repo_url=remote.url, config_repo=str(remote.work)))
     with pytest.raises(RepoError, match="both set"):
         repo.ensure()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the clone to another user")
+def test_clone_owned_by_someone_else_is_refused_not_moved(tmp_path: Path, remote: Remote) -> None:
+    repo = Repo(make_cfg(tmp_path, repo_url=remote.url))
+    repo.ensure()
+    os.chown(repo.path, 65534, 65534)
+    with pytest.raises(RepoError, match=r"repo_dir: .* owned by uid 65534.*chown 0"):
+        repo.ensure()
+    assert not repo.broken_path.exists()

@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nixfleet_agent import flakeupdate
 from nixfleet_agent.repo import Repo, RepoError
 from repo_servers import Sshd, keygen
-from repo_support import Collect, Remote, make_cfg
+from repo_support import Collect, Emitted, FlakeRemote, Remote, make_cfg
 
 
 def test_clone_and_pull_with_deploy_key_accept_new(tmp_path: Path, sshd: Sshd, run: Collect) -> None:
@@ -74,3 +75,28 @@ def test_loose_key_refused_before_any_connection(tmp_path: Path, sshd: Sshd) -> 
     with pytest.raises(RepoError, match=f"chmod 600 {key}"):
         repo.ensure()
     assert not (tmp_path / "state" / "known_hosts").exists()
+
+
+@pytest.mark.usefixtures("need_nix")
+def test_update_pushes_over_ssh_with_a_read_write_deploy_key(tmp_path: Path, sshd: Sshd, emitted: Emitted) -> None:
+    flake = FlakeRemote(tmp_path / "remotes")
+    new_rev = flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=sshd.url(flake.bare), ssh_key_file=str(sshd.deploy_key)))
+    repo.ensure()
+    result = flakeupdate.update(repo, Collect(), emit=emitted)
+    assert result.outcome == "pushed", emitted.text()
+    assert flake.head() == result.commit
+    assert new_rev in flake.show("flake.lock")
+
+
+@pytest.mark.usefixtures("need_nix")
+def test_read_only_deploy_key_falls_back_to_pull_switch(tmp_path: Path, sshd: Sshd, emitted: Emitted) -> None:
+    flake = FlakeRemote(tmp_path / "remotes")
+    flake.bump_dep("v2")
+    before = flake.head()
+    repo = Repo(make_cfg(tmp_path, repo_url=sshd.url(flake.bare), ssh_key_file=str(sshd.read_only_key)))
+    repo.ensure()  # fetching is allowed
+    result = flakeupdate.update(repo, Collect(), emit=emitted)
+    assert result.needs_pull_switch, result.message
+    assert "read only" in result.message and "falling back to pull + switch" in result.message
+    assert flake.head() == before and repo.head() == before
