@@ -95,7 +95,11 @@ def is_http_url(url: str) -> bool:
 
 
 def check_key_file(path: Path) -> None:
-    """Refuse a key that others can read: ssh would refuse it too, but with a message nobody sees."""
+    """Refuse a key that others can read: ssh would refuse it too, but with a message nobody sees.
+
+    A group-readable key owned by another user (a secret shared with the agent's group) is
+    accepted, as ssh accepts it.
+    """
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -104,10 +108,11 @@ def check_key_file(path: Path) -> None:
         raise KeyFileError(f"ssh_key_file: {path} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise KeyFileError(f"ssh_key_file: {path} is not a regular file")
-    loose = stat.S_IMODE(st.st_mode) & 0o077
-    if loose:
+    mode = stat.S_IMODE(st.st_mode)
+    # ssh refuses a key of ours that group or others can read; a world-readable key is never private.
+    if mode & 0o007 or (mode & 0o070 and st.st_uid == os.geteuid()):
         raise KeyFileError(
-            f"ssh_key_file: {path} has mode {stat.S_IMODE(st.st_mode):04o}, readable by other users; "
+            f"ssh_key_file: {path} has mode {mode:04o}, readable by other users; "
             f"ssh refuses such keys. Fix it with: chmod 600 {shlex.quote(str(path))}"
         )
     if not os.access(path, os.R_OK):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -167,3 +168,19 @@ def test_credentials_never_reach_logs_or_command_output(tmp_path: Path, capsys: 
     assert "repo_invalid" in logged and "unable to access" in run.text()
     for text in (logged, run.text(), notes.text(), repo.last_error):
         assert "pw-9f8e7d" not in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the key to another owner")
+def test_key_rules_follow_ssh(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("k")
+    key.chmod(0o440)
+    with pytest.raises(gitenv.KeyFileError, match="chmod 600"):
+        gitenv.check_key_file(key)  # ours and group-readable: ssh would refuse it
+    os.chown(key, 65534, os.getegid())
+    gitenv.check_key_file(key)  # a secret shared through a group by its owner: ssh accepts it
+    key.chmod(0o444)
+    with pytest.raises(gitenv.KeyFileError, match="readable by other users"):
+        gitenv.check_key_file(key)  # world-readable is never private
+    key.chmod(0o400)
+    gitenv.check_key_file(key)
