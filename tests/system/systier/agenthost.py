@@ -51,8 +51,8 @@ def toml_dumps(data: dict[str, object]) -> str:
 
 def config_for(golden_dir: Path, url: str, repo_url: str) -> str:
     """The golden TOML (when the golden files have one) with this test's endpoints."""
-    golden = sorted(golden_dir.rglob("*.toml")) if golden_dir.is_dir() else []
-    data: dict[str, object] = tomllib.loads(golden[0].read_text()) if golden else {
+    golden = golden_dir / "nixfleet-agent.toml"
+    data: dict[str, object] = tomllib.loads(golden.read_text()) if golden.is_file() else {
         "switch_launcher": "privileged",
         "privileged_dir": PRIV_DIR,
     }
@@ -90,16 +90,19 @@ def install(
     def exists(path: str) -> bool:
         return box.run("test", "-e", path, check=False).returncode == 0
 
-    token_path = ""
+    credentials: dict[str, str] = {}
     for path in golden:
         text = units.adapt(path.read_text(), path.name, exists)
         if path.name == AGENT_UNIT:
-            creds = [c.split(":", 1)[1] for c in units.directives(text, "LoadCredential") if c.startswith("token:")]
-            if not creds:
-                raise units.GoldenError(f"{path}: no LoadCredential=token:... line")
-            token_path = creds[0]
+            credentials = dict(c.split(":", 1) for c in units.directives(text, "LoadCredential"))  # type: ignore[misc]
         box.write_file(f"/etc/systemd/system/{path.name}", text)
-    box.write_file(token_path, token, mode=0o600)
+    if "token" not in credentials:
+        raise units.GoldenError(f"{AGENT_UNIT} in {golden_dir}: no LoadCredential=token:... line")
+    # Every credential source must exist or systemd refuses to start the unit. Only the token
+    # matters here; a deploy key is unused with the git:// remote but must be a private file.
+    for name, source in credentials.items():
+        box.write_file(source, token if name == "token" else f"placeholder {name} (unused by this test)\n", mode=0o600)
+    token_path = credentials["token"]
     box.systemctl("daemon-reload")
     box.systemctl("start", PATH_UNIT)
     box.systemctl("start", AGENT_UNIT)

@@ -21,7 +21,7 @@ from typing import Callable
 from .rootfs import VENV_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-GOLDEN_DIR = REPO_ROOT / "tests" / "golden"
+GOLDEN_DIR = REPO_ROOT / "tests" / "golden" / "nixos"
 SHIM_SOURCE = Path(__file__).resolve().parents[1] / "files" / "nixos-rebuild"
 
 SHIM_PATH = "/usr/local/sbin/nixos-rebuild"
@@ -43,10 +43,10 @@ class Unit:
 
 
 def golden_units(golden_dir: Path = GOLDEN_DIR) -> list[Path]:
-    """Unit files of the NixOS module among the golden files (searched recursively)."""
+    """Unit files the NixOS module renders, as kept in `golden_dir`."""
     if not golden_dir.is_dir():
         return []
-    return sorted(p for p in golden_dir.rglob("*") if p.is_file() and p.name.endswith(UNIT_SUFFIXES)
+    return sorted(p for p in golden_dir.iterdir() if p.is_file() and p.name.endswith(UNIT_SUFFIXES)
                   and p.name.startswith("nixfleet-agent"))
 
 
