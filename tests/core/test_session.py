@@ -199,3 +199,25 @@ def test_messages_after_dashboard_closes_normally(dashboard, start_agent):
     mark = dashboard.mark()
     dashboard.close_conn("test-host", 1000, "bye")
     dashboard.wait_message("register", since=mark, timeout=5)
+
+
+def test_handshake_timeout_against_a_silent_server(start_agent, agent_env):
+    """A server that accepts TCP but never answers the upgrade must not hang the agent."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+    try:
+        url = f"ws://127.0.0.1:{server.getsockname()[1]}/ws"
+        agent = start_agent(env=agent_env(NIXFLEET_URL=url, NIXFLEET_HANDSHAKE_TIMEOUT="1", NIXFLEET_BACKOFF_MAX="1"))
+        server.settimeout(10)
+        accepted.append(server.accept()[0])
+        failures = agent.wait_event("connect_failed", timeout=5)
+        assert "timed out" in failures[0]["error"].lower()
+        accepted.append(server.accept()[0])  # and it tries again
+    finally:
+        for conn in accepted:
+            conn.close()
+        server.close()
