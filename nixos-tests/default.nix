@@ -45,8 +45,7 @@ let
   switchAgent =
     { lib, ... }:
     {
-      imports = [ (common.agent { }) ];
-      system.build.nixos-rebuild = lib.mkForce rebuildShim;
+      imports = [ (common.agent { nixosRebuildPackage = rebuildShim; }) ];
       specialisation.same.configuration = {
         environment.etc."fleet-target".text = "same";
       };

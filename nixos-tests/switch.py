@@ -2,6 +2,8 @@
 # shim switching to a specialisation pre-built in the VM's store, named by the commit), output
 # streams to the dashboard, the result arrives, and the agent restarts only when the switch
 # changed its package.
+import re
+
 TOKEN = "vm-switch-token"
 
 
@@ -43,10 +45,11 @@ with subtest("a switch that changes the agent's package restarts it with the new
     switch_to("newagent")
     agent.wait_until_succeeds(f"test \"$(systemctl show --value -p MainPID nixfleet-agent.service)\" != {pid}")
     new_pid = agent_pid(agent)
-    agent.succeed(
-        f"tr '\\0' '\\n' < /proc/{new_pid}/cmdline | grep -o '^/nix/store/[^/]*' | head -1"
-        " | xargs -I{} test -e {}/changed-marker"
-    )
+    exec_start = agent.succeed("systemctl show --value -p ExecStart nixfleet-agent.service")
+    package = re.search(r"/nix/store/[^/ ]+-nixfleet-agent-[^/ ]+", exec_start).group(0)
+    agent.succeed(f"test -e {package}/changed-marker")
+    cmdline = agent.succeed(f"tr '\\0' ' ' < /proc/{new_pid}/cmdline")
+    assert package in cmdline, f"the restarted agent does not run {package}: {cmdline}"
 
 with subtest("the privileged unit refuses a malformed request"):
     agent.succeed(

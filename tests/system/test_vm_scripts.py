@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -149,3 +150,51 @@ def test_lint_catches_unknown_names_and_methods() -> None:
     assert any("undefined_helper" in p for p in problems)
     good = "import json\nstart_all()\nwith subtest('x'):\n    out = json.loads(agent.succeed('cat f'))\n"
     assert driver_api_problems(good, {"agent"}) == []
+
+
+# ---------------------------------------------------------------------------- node configurations
+
+REPO = NIXOS_TESTS.parent
+NODES_SPEC = Path(__file__).resolve().parent / "vm_specs" / "nodes.nix"
+
+
+def harness() -> Path:
+    """The shared nix-harness and its prepared sources, or skip saying what is missing."""
+    if shutil.which("nix-instantiate") is None:
+        pytest.skip("nix-instantiate not installed")
+    exe_dir = Path(os.environ.get("NIX_HARNESS") or REPO.parent / "shared" / "tools" / "nix-harness")
+    if not (exe_dir / "lib" / "nixos.nix").is_file():
+        pytest.skip(f"nix-harness not found at {exe_dir} (set NIX_HARNESS)")
+    src = Path(os.environ.get("HARNESS_SRC") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+               / "nix-harness" / "src")
+    if not (src / "nixpkgs-nixos" / "nixos" / "modules" / "system" / "boot" / "systemd.nix").is_file():
+        pytest.skip(f"nix-harness sources not prepared in {src} (`nix-harness prepare`)")
+    return exe_dir
+
+
+@pytest.fixture(scope="module", params=["server", "agent"])
+def node(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    exe_dir = harness()
+    done = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode", "-I", f"nix-harness={exe_dir}",
+         "--argstr", "node", request.param, "--arg", "repo", str(REPO), str(NODES_SPEC)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, f"the VM tests' {request.param} node does not evaluate:\n{done.stderr[-3000:]}"
+    return request.param, json.loads(done.stdout)
+
+
+def test_vm_node_evaluates_against_the_modules(node: tuple[str, dict[str, object]]) -> None:
+    """The option names, types and assertions the VM tests rely on hold for the current modules."""
+    name, report = node
+    assert report["failedAssertions"] == []
+    units: dict[str, dict[str, str]] = report["units"]  # type: ignore[assignment]
+    if name == "server":
+        assert "-dashboard.py --listen 0.0.0.0 --port 8000" in units["nixfleet-dashboard.service"]["text"]
+        assert "git daemon" in units["fleet-git.service"]["text"]
+        return
+    agent = units["nixfleet-agent.service"]["text"]
+    assert "LoadCredential=token:/run/nixfleet/token" in agent
+    assert "DynamicUser=true" in agent
+    privileged = units["nixfleet-agent-privileged.service"]["text"]
+    assert "--nixos-rebuild /nix/store/" in privileged and "-nixos-rebuild-" in privileged

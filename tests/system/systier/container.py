@@ -26,7 +26,7 @@ from pathlib import Path
 from .waiting import WaitTimeout, wait_for
 
 INNER_PATH = "/opt/nixfleet-agent/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-MACHINE = "nixfleet-sys"
+MACHINE_PREFIX = "nixfleet-sys"
 
 
 class ContainerError(RuntimeError):
@@ -51,6 +51,12 @@ class Container:
     proc: subprocess.Popen[bytes] | None = None
     init_pid: int = 0
 
+    @property
+    def machine(self) -> str:
+        """Unique per container: nspawn keeps per-machine state under /run/systemd/nspawn."""
+        assert self.session_dir is not None
+        return f"{MACHINE_PREFIX}-{self.session_dir.name.rsplit('-', 1)[-1].lower()}"
+
     # ---------------------------------------------------------------- lifecycle
     def start(self, boot_timeout: float = 60) -> None:
         if self.session_dir is None:
@@ -62,7 +68,7 @@ class Container:
         )
         nspawn = [
             "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--boot",
-            "--link-journal=no", "--console=pipe", f"--machine={MACHINE}",
+            "--link-journal=no", "--console=pipe", f"--machine={self.machine}",
             f"--directory={self.session_dir / 'merged'}",
             *[bind.option() for bind in self.binds],
         ]
