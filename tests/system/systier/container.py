@@ -55,7 +55,8 @@ class Container:
     def machine(self) -> str:
         """Unique per container: nspawn keeps per-machine state under /run/systemd/nspawn."""
         assert self.session_dir is not None
-        return f"{MACHINE_PREFIX}-{self.session_dir.name.rsplit('-', 1)[-1].lower()}"
+        suffix = self.session_dir.name.rsplit("-", 1)[-1].lower().replace("_", "x")
+        return f"{MACHINE_PREFIX}-{suffix}"
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, boot_timeout: float = 60) -> None:
