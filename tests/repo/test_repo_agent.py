@@ -46,7 +46,7 @@ def test_legacy_config_repo_warns_at_start_and_at_registration(dashboard, start_
     try:
         dashboard.wait_message(
             "output", host=TEST_HOST, since=register.index,
-            where=lambda r: "deprecated" in str(r.payload.get("line", "")), timeout=5,
+            where=lambda r: "deprecated" in str(r.payload.get("line", "")), timeout=3,
         )
     except TimeoutError:
         pytest.xfail("agent does not yet send Repo.deprecation_notice() as an output line at registration")

@@ -47,7 +47,11 @@ def test_update_commits_and_pushes_the_new_lock(tmp_path: Path, flake: FlakeRemo
     assert f"• dep: {old_rev[:7]} → {new_rev[:7]}" in message
     changed = sh_git("--git-dir", str(flake.bare), "show", "--name-only", "--format=", "main")
     assert changed == "flake.lock"
-    assert any(c[-2:] == ["flake", "update"] for c in run.calls)
+    nix_env = next(env for call, env in zip(run.calls, run.envs) if call[-2:] == ["flake", "update"])
+    assert nix_env["GIT_TERMINAL_PROMPT"] == "0"  # nix's own git fetches get the same hygiene
+    assert ("core.hooksPath", "/dev/null") in [
+        (nix_env[f"GIT_CONFIG_KEY_{i}"], nix_env[f"GIT_CONFIG_VALUE_{i}"]) for i in range(int(nix_env["GIT_CONFIG_COUNT"]))
+    ]
     assert f"dep {old_rev[:7]} → {new_rev[:7]}" in result.message
 
 
