@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,7 @@ DEPRECATION = (
     "own isolated clone; config_repo will be removed in a future version."
 )
 CHECK_TIMEOUT = 30.0  # local git checks (rev-parse, get-url) never legitimately take longer
+STALE_LOCK_AGE = 10.0  # seconds; no git step of ours holds a lock file that long without touching it
 
 Emit = Callable[[str, str], None]  # (line, stream) -> None; relays a note to the dashboard
 
@@ -344,6 +346,7 @@ class Repo:
             except RepoError as exc:
                 self.emit(f"error: {exc}", "stderr")
                 return 1
+            self._clear_stale_locks()
             steps: Sequence[tuple[str, list[str]]] = (
                 ("fetch", ["fetch", "--no-tags", "origin", f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"]),
                 ("reset", ["reset", "--hard", f"origin/{self.branch}"]),
@@ -362,6 +365,22 @@ class Repo:
             ensure_private_dir(self.path, "repo_dir")
             _log.info("pulled", head=self.generation(), branch=self.branch)
             return 0
+
+    def _clear_stale_locks(self) -> None:
+        """Remove lock files a killed git left behind (agent crash, ``stop`` mid-reset).
+
+        The clone is the agent's alone and we hold ``_lock``, so a lock file that is not brand new
+        belongs to no live process; leaving it would make every later pull fail.
+        """
+        git_dir = self.path / ".git"
+        now = time.time()
+        for lock in [*git_dir.glob("*.lock"), *git_dir.glob("refs/**/*.lock")]:
+            try:
+                if now - lock.stat().st_mtime > STALE_LOCK_AGE:
+                    lock.unlink()
+                    _log.warn("stale_lock_removed", path=lock)
+            except OSError:
+                pass
 
     def _legacy_pull(self, run: RunFn) -> int:
         try:

@@ -210,3 +210,16 @@ def test_clone_owned_by_someone_else_is_refused_not_moved(tmp_path: Path, remote
     with pytest.raises(RepoError, match=r"repo_dir: .* owned by uid 65534.*chown 0"):
         repo.ensure()
     assert not repo.broken_path.exists()
+
+
+def test_stale_lock_files_from_a_killed_git_do_not_block_pulls(tmp_path: Path, remote: Remote, run: Collect) -> None:
+    repo = Repo(make_cfg(tmp_path, repo_url=remote.url))
+    repo.ensure()
+    locks = [repo.path / ".git" / "index.lock", repo.path / ".git" / "refs" / "remotes" / "origin" / "main.lock"]
+    for lock in locks:
+        lock.write_text("")
+        os.utime(lock, (1, 1))  # left behind long ago
+    head = remote.commit({"new": "x"}, "new")
+    assert repo.pull(run) == 0
+    assert repo.head() == head
+    assert not any(lock.exists() for lock in locks)
