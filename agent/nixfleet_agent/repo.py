@@ -265,6 +265,8 @@ class Repo:
         if not self.path.parent.exists():
             self.path.parent.mkdir(mode=0o700, parents=True)  # an existing parent is the operator's
         env = self.git_env()  # validates the SSH key before any network attempt
+        for leftover in self.path.parent.glob(f".{self.path.name}.clone-*"):
+            shutil.rmtree(leftover, ignore_errors=True)  # a clone interrupted by a crash or SIGKILL
         if self.path.is_dir():
             # Ownership first: git refuses a repository owned by someone else ("dubious
             # ownership"), which would otherwise look like corruption and be moved aside.

@@ -128,6 +128,7 @@ def test_missing_objects_found_by_fsck(tmp_path: Path, remote: Remote) -> None:
 
 def test_only_the_last_broken_clone_is_kept(tmp_path: Path, remote: Remote) -> None:
     repo = Repo(make_cfg(tmp_path, repo_url=remote.url))
+    (tmp_path / "state" / ".repo.clone-killed").mkdir(parents=True)  # an interrupted earlier clone
     repo.ensure()
     (repo.path / "first").write_text("1")
     _clobber_head(repo)
