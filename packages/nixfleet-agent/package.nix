@@ -1,6 +1,8 @@
 {
   lib,
   python3Packages,
+  git,
+  openssl,
   # The flake passes `self.rev or self.dirtyRev or "unknown"`; the agent reports it as
   # `source_commit`, so the dashboard can tell which revision a host really runs.
   sourceCommit ? "unknown",
@@ -30,8 +32,10 @@ python3Packages.buildPythonApplication {
     fileset = lib.fileset.unions (
       [
         ../../agent
+        # shared fixtures: the reference dashboard and the agent-process helpers
         (lib.fileset.maybeMissing ../../tests/conftest.py)
         (lib.fileset.maybeMissing ../../tests/dashboard.py)
+        (lib.fileset.maybeMissing ../../tests/support.py)
       ]
       ++ map (path: root + "/${path}") offlineTests
     );
@@ -53,14 +57,21 @@ python3Packages.buildPythonApplication {
 
   nativeCheckInputs = [
     python3Packages.pytestCheckHook
+    python3Packages.hypothesis
     # the reference dashboard the connection tests talk to over loopback
     python3Packages.websockets
+    git
+    openssl
   ];
 
-  # The tests live next to agent/, not inside it.
+  # The tests live next to agent/, not inside it; git wants a home.
   preCheck = ''
     cd ..
+    export HOME="$TMPDIR"
   '';
+
+  # the tests run a WebSocket dashboard on 127.0.0.1
+  __darwinAllowLocalNetworking = true;
 
   enabledTestPaths = offlineTests;
 
