@@ -26,12 +26,16 @@
     let
       inherit (nixpkgs) lib;
 
-      # The main flake's outputs with this flake's nixpkgs (the same pin). Its `self` also
-      # carries the check-only inputs, which enables the Home Manager VM test.
+      # The main flake's outputs with this flake's nixpkgs (the same pin). Its `self` carries
+      # the repository's revision (this flake's source is the whole repository) and the
+      # check-only inputs, which enable the Home Manager VM test.
       main = (import ../flake.nix).outputs {
-        self = main // {
-          inputs = { inherit nixpkgs home-manager nix-darwin; };
-        };
+        self =
+          main
+          // lib.filterAttrs (name: _: name == "rev" || name == "dirtyRev") self
+          // {
+            inputs = { inherit nixpkgs home-manager nix-darwin; };
+          };
         inherit nixpkgs;
       };
 

@@ -61,6 +61,11 @@ in
   config = lib.mkIf cfg.enable {
     assertions = shared.assertions cfg "services.nixfleet-agent" ++ [
       {
+        # the privileged unit builds from the clone at the path it knows, in the state directory
+        assertion = !(cfg.settings ? repo_dir || cfg.settings ? state_dir);
+        message = "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set on NixOS: the agent's clone lives in its state directory (/var/lib/nixfleet-agent), where the privileged switch unit builds from; remove them.";
+      }
+      {
         assertion = validAttr;
         message = "services.nixfleet-agent.hostname must be 1-63 characters of A-Z a-z 0-9 . _ - (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
       }

@@ -208,6 +208,10 @@ in
             "${prefix}: set only one of ${prefix}.repoUrl and ${prefix}.configRepo (deprecated); remove configRepo.";
       }
       {
+        assertion = !(cfg.settings ? token);
+        message = "${prefix}.settings.token would put the token into the world-readable Nix store; remove it and set ${prefix}.tokenFile instead.";
+      }
+      {
         assertion = outsideStore cfg.tokenFile;
         message = inStoreMessage "tokenFile" cfg.tokenFile "config.age.secrets.nixfleet-token.path";
       }
