@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nix_harness_support import REPO, harness_dir, require_harness
+from nix_harness_support import REPO, harness_dir, require_harness, sources_dir
 
 NIXPKGS_PIN = {
     "lastModified": 1765779637,
@@ -117,17 +117,29 @@ def flake_copy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         if proc.returncode != 0 or not (fake / "flake.nix").is_file():
             pytest.skip(f"could not create the harness' fake nixpkgs: {proc.stderr[-500:]}")
     copy = tmp_path_factory.mktemp("flake")
-    for path in nix_files() + [REPO / "flake.lock"] + list((REPO / "agent").rglob("VERSION")):
+    files = nix_files() + [REPO / "flake.lock", REPO / "checks" / "flake.lock"]
+    for path in files + list((REPO / "agent").rglob("VERSION")):
         target = copy / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
+    # a Git checkout, so the ./checks flake's source is the whole tree (as in the real repository)
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.test", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.test")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(["git", "-C", str(copy), *args], env=env, check=True, capture_output=True)
     return copy, fake
 
 
-def flake_eval(flake: tuple[Path, Path], attr: str, apply: str) -> object:
+def flake_eval(flake: tuple[Path, Path], attr: str, apply: str, subflake: bool = False) -> object:
     copy, fake = flake
-    proc = subprocess.run([*NIX, "--offline", "eval", "--json", f"path:{copy}#{attr}", "--apply", apply,
-                           "--override-input", "nixpkgs", f"path:{fake}"], capture_output=True, text=True, timeout=120)
+    ref = f"git+file://{copy}?dir=checks" if subflake else f"path:{copy}"
+    overrides = ["--override-input", "nixpkgs", f"path:{fake}"]
+    if subflake:
+        src = sources_dir()
+        overrides += ["--override-input", "home-manager", f"path:{src / 'nix-community+home-manager'}",
+                      "--override-input", "nix-darwin", f"path:{src / 'nix-darwin+nix-darwin'}"]
+    proc = subprocess.run([*NIX, "--offline", "eval", "--json", f"{ref}#{attr}", "--apply", apply, *overrides],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -145,6 +157,16 @@ def test_outputs(flake_copy: tuple[Path, Path]) -> None:
     checks = flake_eval(flake_copy, "checks.x86_64-linux", names)
     assert isinstance(checks, list) and {"nixfleet-agent", "nixos-module"} <= set(checks)
     assert flake_eval(flake_copy, "checks.aarch64-darwin", names) == ["nixfleet-agent"]
+
+
+def test_checks_flake_adds_home_manager_checks(flake_copy: tuple[Path, Path]) -> None:
+    """./checks imports the main flake from the same tree and adds what needs Home Manager."""
+    linux = flake_eval(flake_copy, "checks.x86_64-linux", "builtins.attrNames", subflake=True)
+    main = flake_eval(flake_copy, "checks.x86_64-linux", "builtins.attrNames")
+    assert isinstance(linux, list) and isinstance(main, list)
+    assert set(linux) - set(main) >= {"home-manager-module"}
+    darwin = flake_eval(flake_copy, "checks.aarch64-darwin", "builtins.attrNames", subflake=True)
+    assert darwin == ["home-manager-module", "nix-darwin-module", "nixfleet-agent"]
 
 
 def test_modules_are_module_functions(flake_copy: tuple[Path, Path]) -> None:
