@@ -53,6 +53,17 @@ def keygen(path: Path, comment: str = "test") -> Path:
     return path
 
 
+def _root_locked() -> bool:
+    """Without PAM, sshd refuses even key logins to an account whose password is locked ('!')."""
+    try:
+        for line in Path("/etc/shadow").read_text().splitlines():
+            if line.startswith("root:"):
+                return line.split(":")[1].startswith("!") and Path("/etc/pam.d/sshd").exists()
+    except OSError:
+        pass
+    return False
+
+
 class Sshd:
     """sshd on 127.0.0.1:<port> accepting one deploy key for root, with its own host key."""
 
@@ -84,7 +95,7 @@ class Sshd:
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
                     "PubkeyAuthentication yes",
-                    "UsePAM no",
+                    f"UsePAM {'yes' if _root_locked() else 'no'}",
                     "PermitRootLogin prohibit-password",
                     "AllowUsers root",
                     "LogLevel ERROR",
