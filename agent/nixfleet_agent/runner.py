@@ -14,7 +14,7 @@ Decisions (measured, see README "Commands"):
   own PID, so ``stop``/``kill`` signal exactly that group and never the agent (upstream bug 4.6).
 * **Chunked reads, bounded lines.** Both streams are read in 64 KiB chunks through one ``select``
   loop, split on ``\\n``, one trailing ``\\r`` dropped, decoded as UTF-8 with replacement. A line
-  longer than :data:`MAX_LINE` bytes is cut and the rest of it is counted, not stored, so a 1 GiB
+  longer than :data:`MAX_LINE` bytes is cut (marker included) and the rest of it is counted, not stored, so a 1 GiB
   line costs 16 KiB of memory (upstream hung at 64 KiB).
 * **Drain before result.** A waiter thread notices the child's exit with ``waitid(WNOWAIT)`` (so the
   PID stays valid for signalling until we reap it) and wakes the loop, which then reads until EOF
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Protocol, Sequence
 
-MAX_LINE = 16 * 1024
+MAX_LINE = 16 * 1024  # bytes per output line, marker included
+MARKER_ROOM = 64
 CHUNK = 64 * 1024
 DRAIN_GRACE = 5.0
 
@@ -116,11 +117,15 @@ class LineSplitter:
         raw = bytes(self._buf)
         if not self._dropped and raw.endswith(b"\r"):
             raw = raw[:-1]
-        text = raw.decode("utf-8", errors="replace")
         if self._dropped:
+            # Line plus marker stay within max_line bytes (the protocol layer enforces that too).
+            total = len(raw) + self._dropped
+            kept = raw[: self._max - MARKER_ROOM]
             # A cut may split a multi-byte character; drop the dangling replacement char.
-            text = text.rstrip("\ufffd").rstrip("\r")
-            text += f" [... line truncated: {self._dropped} more bytes]"
+            text = kept.decode("utf-8", errors="replace").rstrip("\ufffd")
+            text += f" [... line truncated: {total - len(kept)} more bytes]"
+        else:
+            text = raw.decode("utf-8", errors="replace")
         self._buf.clear()
         self._dropped = 0
         self._emit(text)

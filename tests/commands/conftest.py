@@ -92,7 +92,20 @@ class Session:
 
 @pytest.fixture
 def session(dashboard: Any, start_agent: Callable[..., Any], shims: Shims) -> Iterator[Session]:
-    yield Session(dashboard, start_agent, shims, {})
+    sess = Session(dashboard, start_agent, shims, {"PYTHONFAULTHANDLER": "1"})
+    yield sess
+    agent = sess.agent
+    if agent is not None and agent.running():
+        import signal as _signal
+        import subprocess as _subprocess
+
+        agent.proc.send_signal(_signal.SIGTERM)
+        try:
+            agent.proc.wait(4)
+        except _subprocess.TimeoutExpired:  # diagnostics for a slow shutdown: dump all threads
+            agent.proc.send_signal(_signal.SIGABRT)
+            agent.proc.wait(5)
+            print("\n--- agent did not stop within 4 s of SIGTERM; thread dump ---\n" + agent.tail(80))
 
 
 def kinds(records: list[Any]) -> list[str]:
