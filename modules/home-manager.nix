@@ -104,7 +104,7 @@ in
             ];
             RunAtLoad = true;
             KeepAlive = true;
-            ProcessType = "Background";
+            # not "Background": launchd would throttle the rebuilds the agent runs
             EnvironmentVariables.PATH = darwinPath;
             StandardOutPath = "${logDir}/agent.log";
             StandardErrorPath = "${logDir}/agent.log";
