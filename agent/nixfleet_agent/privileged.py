@@ -106,9 +106,13 @@ def read_request(path: Path, limit: int = MAX_REQUEST_BYTES) -> bytes | None:
             raise RequestError("request", f"cannot open {path}: {exc.strerror}") from None
         try:
             info = os.fstat(fd)
+            owner = os.fstat(dir_fd).st_uid
             _remove(path.name, dir_fd)
             if not stat.S_ISREG(info.st_mode):
                 raise RequestError("request", f"{path} is not a regular file")
+            # a hard link or someone else's file is not a request the agent wrote
+            if info.st_nlink != 1 or info.st_uid != owner:
+                raise RequestError("request", f"{path} is not a file of the directory's owner with a single link")
             if info.st_size > limit:
                 raise RequestError("request", f"{path} is larger than {limit} bytes ({info.st_size})")
             data = os.read(fd, limit + 1)
@@ -301,14 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return REJECTED_EXIT
     handler = Handler(args.repo, args.out_dir, args.nixos_rebuild, args.systemctl)
     try:
-        data = read_request(args.request)
-        if data is None:
-            _log.info("no-request", path=str(args.request))
-            return 0
-        req = parse_request(data)
-    except RequestError as err:
-        return handler.reject(err)
-    return handler.run(req)
+        try:
+            data = read_request(args.request)
+            if data is None:
+                _log.info("no-request", path=str(args.request))
+                return 0
+            req = parse_request(data)
+        except RequestError as err:
+            return handler.reject(err)
+        return handler.run(req)
+    except OSError as exc:  # e.g. the output directory is not writable: say so, no traceback
+        _log.error("failed", error=f"{exc.filename or ''}: {exc.strerror or exc}")
+        return 1
 
 
 if __name__ == "__main__":

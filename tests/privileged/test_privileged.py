@@ -236,6 +236,25 @@ def test_symlinked_request_directory_is_refused(host: Host, tmp_path: Path) -> N
     assert host.shim_calls() == []
 
 
+def test_hard_linked_request_is_rejected(host: Host, tmp_path: Path) -> None:
+    original = tmp_path / "some-file"
+    original.write_text(json.dumps(host.good()))
+    os.link(original, host.request)
+    assert host.run() == 2
+    assert "single link" in str(host.rejected()["error"])
+    assert original.exists() and not host.request.exists()
+    assert host.shim_calls() == []
+
+
+def test_unwritable_output_directory_is_reported_without_traceback(host: Host,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    host.out.write_text("not a directory")
+    host.write(host.good())
+    assert host.run() == 1
+    err = capsys.readouterr().err
+    assert "component=privileged event=failed" in err and "Traceback" not in err
+
+
 def test_oversized_request_is_rejected(host: Host) -> None:
     doc = host.good()
     doc["padding"] = "x" * privileged.MAX_REQUEST_BYTES
