@@ -17,15 +17,18 @@ Fixtures
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dashboard import Dashboard  # noqa: E402
-from support import TEST_TOKEN, AgentProcess, agent_env as _agent_env, make_fleet_repo, wait_for as _wait_for  # noqa: E402
+from dashboard import Dashboard
+from support import TEST_TOKEN, AgentProcess, make_fleet_repo
+from support import agent_env as _agent_env
+from support import wait_for as _wait_for
 
 
 @pytest.fixture

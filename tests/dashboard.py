@@ -34,8 +34,9 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -112,7 +113,7 @@ class Dashboard:
         scheme = "wss" if self.ssl_context else "ws"
         return f"{scheme}://{self.listen}:{self.port}/ws"
 
-    def start(self) -> "Dashboard":
+    def start(self) -> Dashboard:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="dashboard", daemon=True)
@@ -143,7 +144,7 @@ class Dashboard:
         self._loop.close()
         self._loop = None
 
-    def __enter__(self) -> "Dashboard":
+    def __enter__(self) -> Dashboard:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -199,7 +200,7 @@ class Dashboard:
         return conn.respond(status, "Unauthorized\n" if status == 401 else "Rejected\n")
 
     def _api(self, conn: ServerConnection, path: str, query: dict[str, list[str]]) -> Response:
-        arg = lambda name, default="": query.get(name, [default])[0]  # noqa: E731
+        arg = lambda name, default="": query.get(name, [default])[0]
         if path == "/api/hosts":
             with self._cond:
                 body = {name: {"connected": h.connected, "registrations": h.registrations,
@@ -398,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", help="hostname for --command")
     parser.add_argument("--exit-after-status", action="store_true", help="exit 0/1 after the command's status")
     args = parser.parse_args(argv)
-    text = open(args.token_file, encoding="utf-8").read().strip()
+    with open(args.token_file, encoding="utf-8") as handle:
+        text = handle.read().strip()
     token = text.split("=", 1)[1].strip() if text.startswith("NIXFLEET_TOKEN=") else text
     context = None
     if args.tls_cert:

@@ -20,8 +20,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AGENT_SRC = REPO_ROOT / "agent"
@@ -139,8 +140,14 @@ class AgentProcess:
         return out
 
     def wait_event(self, name: str, timeout: float = 5.0, count: int = 1) -> list[dict[str, str]]:
-        return wait_for(lambda: (lambda e: e if len(e) >= count else None)(self.events(name)), timeout,
-                        f"agent log event {name!r} x{count}\n--- agent log ---\n{self.tail()}")
+        def enough() -> list[dict[str, str]] | None:
+            found = self.events(name)
+            return found if len(found) >= count else None
+
+        try:
+            return wait_for(enough, timeout, f"agent log event {name!r} x{count}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- agent log ---\n{self.tail()}") from None
 
     def tail(self, lines: int = 40) -> str:
         try:

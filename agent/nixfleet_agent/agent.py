@@ -173,6 +173,7 @@ class Agent:
             pass
 
     def _repo_retry_loop(self) -> None:
+        assert self.repo is not None
         backoff = Backoff(2.0, 300.0)
         while not self.stop_event.wait(max(1.0, backoff.next())):
             ready = getattr(self.repo, "ready", None)
@@ -218,11 +219,12 @@ class Agent:
         while not self.stop_event.wait(3600):
             pass
         _log.info("stopping", exit_code=self.exit_code)
-        self.outbox.drain(2.0)
-        self.connection.shutdown("shutdown")
+        if self.connection.registered:
+            self.outbox.drain(2.0)  # last output lines; request_exit has already flushed its own
+        self.connection.shutdown("shutdown", timeout=2.0)
         self.outbox.close()
         for thread in self._threads:
-            thread.join(2.0)
+            thread.join(1.0)  # daemon threads; the process exits right after this either way
         _log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
 

@@ -11,8 +11,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import buildinfo, log
 from .config import ENV_VARS, Config, ConfigError, load, state_dir_only

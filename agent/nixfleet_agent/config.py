@@ -14,12 +14,13 @@ import shlex
 import shutil
 import socket
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from .secret import Secret
+from .secret import Secret, read_token_file
 
 try:
     import tomllib
@@ -160,19 +161,6 @@ def default_state_dir(env: Mapping[str, str]) -> str:
     return str(Path(home) / ".local/state/nixfleet-agent")
 
 
-def read_token_file(path: str) -> str:
-    """Accept a bare token or ``NIXFLEET_TOKEN=<token>`` (systemd EnvironmentFile form)."""
-    text = Path(path).read_text(encoding="utf-8")
-    lines = [line.strip().replace("\r", "") for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.startswith("#")]
-    for line in lines:
-        if line.startswith("NIXFLEET_TOKEN="):
-            return line[len("NIXFLEET_TOKEN=") :].strip().strip('"').strip("'")
-    if len(lines) == 1:
-        return lines[0]  # a bare token (it may itself contain '=')
-    return ""
-
-
 class _Sources:
     """Looks a key up in CLI, env and file (in that order), remembering where the value came from."""
 
@@ -294,10 +282,10 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         found = src.get(key)
         if found is None:
             continue
-        raw, where = found
-        value = _convert(key, raw, where, problems)
+        raw, source = found
+        value = _convert(key, raw, source, problems)
         if value is not None:
-            values[key], origin[key] = value, where
+            values[key], origin[key] = value, source
 
     def where(key: str) -> str:
         return origin.get(key, ENV_VARS[key])
@@ -311,7 +299,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
             problems.append(f"{where('url')}: must be a ws:// or wss:// URL with a host (got {_show(url)!r})")
         else:
             try:
-                parts.port
+                _ = parts.port  # raises ValueError for an out-of-range port
             except ValueError:
                 problems.append(f"{where('url')}: invalid port (got {_show(url)!r})")
 

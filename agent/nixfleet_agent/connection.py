@@ -13,7 +13,7 @@ import select
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import websocket
 from websocket import ABNF

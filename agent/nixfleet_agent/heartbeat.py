@@ -10,8 +10,9 @@ import hashlib
 import os
 import platform
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from . import buildinfo, freshness, protocol
 from .config import Config

@@ -15,7 +15,7 @@ from .secret import Secret
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 _state = {"level": LEVELS["info"], "timestamps": True}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a signal handler may log while the main thread is logging
 _MAX_VALUE = 2000
 
 

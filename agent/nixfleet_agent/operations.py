@@ -312,16 +312,29 @@ def follow(
                     return Result(exit_code=1, start_error=(
                         "privileged switch request was not picked up within "
                         f"{PICKUP_TIMEOUT:.0f}s (is nixfleet-agent-privileged.path enabled?)"))
-                rejected = Path(op.log_path).parent.parent / "rejected.json"
-                if not request_path.exists() and rejected.exists() and rejected.stat().st_mtime >= op.started_at:
-                    return Result(exit_code=2, start_error=f"privileged switch request rejected: "
-                                                           f"{rejected.read_text(errors='replace')[:500]}")
+                refusal = _rejection(Path(op.log_path).parent.parent / "rejected.json", op)
+                if refusal is not None and not request_path.exists():
+                    return Result(exit_code=2, start_error=f"privileged switch request rejected: {refusal}")
             if stop_event.wait(FOLLOW_TICK):
                 save_offset(state_dir, op, offset)
                 return None
     finally:
         if fh is not None:
             fh.close()
+
+
+def _rejection(path: Path, op: Operation) -> str | None:
+    """The root unit's ``rejected.json`` if it answers *this* request (same id, or no usable id
+    and written after we asked)."""
+    try:
+        if path.stat().st_mtime < op.started_at - 1:
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("id", op.id) != op.id:
+        return None
+    return str(doc.get("error") or "refused")
 
 
 def signal_group(pid: int, signum: int) -> str | None:

@@ -170,11 +170,19 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
+# Settings that override the clone's own .git/config (which the agent controls) for every git
+# run as root: trust exactly that repository (never ``*``), and never let its configuration run a
+# program (hooks, fsmonitor).
+_GIT_OVERRIDES = (("safe.directory", None), ("core.hooksPath", "/dev/null"), ("core.fsmonitor", "false"))
+
+
 def git_env(repo: Path, base: Mapping[str, str]) -> dict[str, str]:
-    """Environment trusting exactly the agent's clone, which another uid owns (never ``*``)."""
+    """Environment for root's git (and Nix's git fetcher) on a clone another uid owns."""
     env = {k: v for k, v in base.items() if not k.startswith("GIT_CONFIG_")}
-    env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": str(repo),
-                "GIT_TERMINAL_PROMPT": "0"})
+    for index, (key, value) in enumerate(_GIT_OVERRIDES):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = str(repo) if value is None else value
+    env.update({"GIT_CONFIG_COUNT": str(len(_GIT_OVERRIDES)), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"})
     return env
 
 

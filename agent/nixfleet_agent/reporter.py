@@ -8,7 +8,7 @@ dashboard only completes a switch when the agent registers again.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from . import log, protocol
 from .outbox import Message, Outbox
@@ -52,7 +52,10 @@ class Reporter:
 
     def emitter(self, command: str) -> Callable[[str, str], None]:
         """An ``emit(line, stream)`` callable bound to one command, for Repo and helpers."""
-        return lambda line, stream="stdout": self.output(command, line, stream)
+        def emit(line: str, stream: str = "stdout") -> None:
+            self.output(command, line, stream)
+
+        return emit
 
     def status(self, command: str, status: str, exit_code: int, message: str = "") -> None:
         try:

@@ -6,6 +6,8 @@ really needs the value has to call ``reveal()``, which is easy to audit with gre
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class Secret:
     __slots__ = ("_value",)
@@ -34,5 +36,18 @@ class Secret:
     def __bool__(self) -> bool:
         return bool(self._value)
 
-    def __reduce__(self) -> object:  # never pickled into anything by accident
+    def __reduce__(self) -> str:  # never pickled into anything by accident
         raise TypeError("Secret cannot be pickled")
+
+
+def read_token_file(path: str) -> str:
+    """Accept a bare token or ``NIXFLEET_TOKEN=<token>`` (systemd EnvironmentFile form)."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = [line.strip().replace("\r", "") for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    for line in lines:
+        if line.startswith("NIXFLEET_TOKEN="):
+            return line[len("NIXFLEET_TOKEN=") :].strip().strip('"').strip("'")
+    if len(lines) == 1:
+        return lines[0]  # a bare token (it may itself contain '=')
+    return ""

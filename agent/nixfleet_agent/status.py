@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ _log = log.get("status")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _empty() -> dict[str, str]:
@@ -68,7 +68,7 @@ class StatusStore:
         self._git_timeout = min(git_timeout, 10)
         self._lock_checked = 0.0
         data = read_state(state_dir)
-        stored = data.get("compartments") if isinstance(data.get("compartments"), dict) else {}
+        stored: dict[str, Any] = data["compartments"] if isinstance(data.get("compartments"), dict) else {}
         self._compartments: dict[str, dict[str, str]] = {}
         for name in COMPARTMENTS:
             value = stored.get(name) if isinstance(stored.get(name), dict) else None
@@ -80,8 +80,10 @@ class StatusStore:
             if entry["status"] == "working":  # a previous process died mid-command; resume() may re-set it
                 entry.update(status="unknown", message="Status stale (agent restarted during command)",
                              checked_at=now_rfc3339())
-        self._last_command = data.get("last_command") if isinstance(data.get("last_command"), dict) else None
-        self._extras: dict[str, Any] = data.get("extras") if isinstance(data.get("extras"), dict) else {}
+        self._last_command: dict[str, Any] | None = (
+            data["last_command"] if isinstance(data.get("last_command"), dict) else None
+        )
+        self._extras: dict[str, Any] = data["extras"] if isinstance(data.get("extras"), dict) else {}
 
     def set(self, compartment: str, status: str, message: str) -> None:
         if compartment not in COMPARTMENTS:
@@ -149,7 +151,7 @@ def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
         when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S %z")
     except ValueError:
         return "error", f"Failed to check flake.lock: unparsable date {stamp!r}"
-    days = int((datetime.now(timezone.utc) - when).total_seconds() // 86400)
+    days = int((datetime.now(UTC) - when).total_seconds() // 86400)
     days = max(days, 0)
     text = "Updated today" if days == 0 else "Updated yesterday" if days == 1 else f"Updated {days} days ago"
     if days <= 7:

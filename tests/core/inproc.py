@@ -39,7 +39,7 @@ class Session:
     def _registered(self) -> None:
         self.registrations += 1
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         self.connection.start()
         return self
 

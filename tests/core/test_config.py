@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from nixfleet_agent.config import ConfigError, load, read_token_file
 from support import run_cli
 

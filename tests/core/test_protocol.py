@@ -6,7 +6,6 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from nixfleet_agent import protocol
 from nixfleet_agent.backoff import Backoff
 from nixfleet_agent.outbox import Message, Outbox

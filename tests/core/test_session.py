@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import time
 import subprocess
+import time
 from pathlib import Path
 
 from support import TEST_TOKEN

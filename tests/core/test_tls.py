@@ -7,7 +7,6 @@ import ssl
 import subprocess
 
 import pytest
-
 from dashboard import Dashboard
 from support import TEST_TOKEN, AgentProcess
 

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 
 from .. import log as logmod
+from .. import operations, oplog
+from ..runner import Result
 from ..runner import run as run_child
 from . import Context
 
 _log = logmod.get("control")
 
 REBOOT_DELAY = 3.0
+PRIVILEGED_REBOOT_WAIT = 30.0
 
 
 def restart(ctx: Context) -> None:
@@ -43,10 +48,41 @@ def reboot(ctx: Context) -> None:
     if ctx.stop_event.wait(REBOOT_DELAY):
         rep.status("reboot", "error", 1, "agent shutting down; reboot cancelled")
         return
-    result = run_child(reboot_argv(), command="reboot", reporter=rep)
+    if ctx.cfg.switch_launcher == "privileged":
+        result = _privileged_reboot(ctx)
+    else:
+        result = run_child(reboot_argv(), command="reboot", reporter=rep)
     if result.ok:
         rep.status("reboot", "ok", 0, "reboot initiated")
         return
     why = result.describe()
     rep.output("reboot", f"❌ Reboot failed: {why}. Check sudo permissions.", "stderr")
     rep.status("reboot", "error", result.exit_code or 1, f"reboot failed: {why}")
+
+
+def _privileged_reboot(ctx: Context) -> Result:
+    """NixOS module: the agent has no sudo; ask the root unit (action ``reboot``) and wait briefly."""
+    op_id = oplog.new_op_id()
+    launcher = operations.PrivilegedLauncher(Path(ctx.cfg.state_dir))
+    op = operations.Operation(id=op_id, command="reboot", action="reboot", argv=["systemctl", "reboot"],
+                              launcher="privileged", log_path="", result_path="")
+    try:
+        launcher.start(op)
+    except OSError as exc:
+        return Result(exit_code=1, start_error=f"cannot write privileged request: {exc.strerror or exc}")
+    result_path = Path(ctx.cfg.privileged_dir) / op_id / "result.json"
+    deadline = time.monotonic() + PRIVILEGED_REBOOT_WAIT
+    while time.monotonic() < deadline:
+        result = operations.read_result(result_path)
+        if result is not None:
+            return result
+        if ctx.stop_event.wait(0.1):
+            break
+    if launcher.request_path().exists():
+        try:
+            launcher.request_path().unlink()
+        except OSError:
+            pass
+        return Result(exit_code=1, start_error="privileged reboot request was not picked up "
+                                               "(is nixfleet-agent-privileged.path enabled?)")
+    return Result(exit_code=0)  # picked up; the machine is going down before it could answer
