@@ -24,7 +24,8 @@ SHIM = """#!/bin/sh
 # records argv, cwd and git's safe.directory setting, prints some output, exits $SHIM_EXIT
 printf '%s\\n' "$*" >> "$SHIM_CALLS"
 echo "building: $*"
-echo "safe.directory=$GIT_CONFIG_KEY_0=$GIT_CONFIG_VALUE_0 count=$GIT_CONFIG_COUNT cwd=$(pwd)"
+echo "git config: $GIT_CONFIG_KEY_0=$GIT_CONFIG_VALUE_0 $GIT_CONFIG_KEY_1=$GIT_CONFIG_VALUE_1 \\
+$GIT_CONFIG_KEY_2=$GIT_CONFIG_VALUE_2 count=$GIT_CONFIG_COUNT cwd=$(pwd)"
 echo "to stderr" >&2
 exit "${SHIM_EXIT:-0}"
 """
@@ -108,7 +109,8 @@ def test_switch_builds_exactly_the_requested_commit(host: Host) -> None:
     assert "error" not in result and str(result["finished_at"]).endswith("Z")
     log = (host.out / "20261121T235959Z-1a2b" / "output.log").read_text()
     assert f"building: switch --flake {flake}" in log
-    assert f"safe.directory=safe.directory={host.repo} count=1 cwd=/" in log
+    assert (f"git config: safe.directory={host.repo} core.hooksPath=/dev/null core.fsmonitor=false count=3 cwd=/"
+            in log)
     assert "to stderr" in log  # stderr is captured in the same log
 
 
@@ -168,6 +170,39 @@ def test_malformed_commit_is_rejected(host: Host, commit: object) -> None:
     assert host.run() == 2
     assert str(host.result()["error"]).startswith("commit: must be a full 40-hex")
     assert host.shim_calls() == []
+
+
+def test_clone_config_cannot_make_root_run_programs(host: Host) -> None:
+    git(host.repo, "config", "core.fsmonitor", "touch /tmp/pwned")
+    git(host.repo, "config", "core.hooksPath", str(host.repo / "evil-hooks"))
+    env = privileged.git_env(host.repo, os.environ)
+    effective = {key: subprocess.run(["git", "-C", str(host.repo), "config", "--get", key], env=env,
+                                     capture_output=True, text=True).stdout.strip()
+                 for key in ("core.fsmonitor", "core.hooksPath")}
+    assert effective == {"core.fsmonitor": "false", "core.hooksPath": "/dev/null"}
+
+
+def test_git_trusts_exactly_the_clone_owned_by_another_user(host: Host, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the clone to another uid")
+    clones = []
+    for name in ("other-clone", "second-clone"):
+        clone = tmp_path / name
+        subprocess.run(["cp", "-a", str(host.repo), str(clone)], check=True)
+        for root, dirs, files in os.walk(clone):
+            for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(path, 65534, 65534)
+        clones.append(clone)
+    other, second = clones
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("GIT_CONFIG")}
+
+    def head(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], env=env, capture_output=True, text=True)
+
+    refused = head(other, plain)
+    assert refused.returncode != 0 and "dubious ownership" in refused.stderr
+    assert head(other, privileged.git_env(other, plain)).stdout.strip() == host.commit
+    assert head(second, privileged.git_env(other, plain)).returncode != 0  # only that one path
 
 
 def test_commit_not_in_the_clone_is_rejected(host: Host) -> None:
