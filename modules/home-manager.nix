@@ -120,7 +120,8 @@ in
               "${./watchdog.sh}"
               agentLabel
               "${homeDir}/Library/LaunchAgents/${agentLabel}.plist"
-              "${stateDir}/alive"
+              # the agent touches it at every heartbeat, wherever settings put the state
+              "${cfg.settings.state_dir}/alive"
               (toString cfg.watchdog.maxAge)
             ];
             StartInterval = 30;

@@ -100,6 +100,12 @@ def test_watchdog_script_is_the_repository_file() -> None:
     assert (REPO / "modules" / "watchdog.sh").is_file()
 
 
+def test_watchdog_follows_a_relocated_state_dir() -> None:
+    args = eval_json("hm-good.nix", "config.launchd.agents.nixfleet-watchdog.config.ProgramArguments",
+                     "--arg", "settings", settings(settings={"state_dir": "/Users/alice/fleet-state"}))
+    assert isinstance(args, list) and args[4] == "/Users/alice/fleet-state/alive"
+
+
 def test_log_directory_is_created_before_agents_load() -> None:
     entry = eval_json("hm-good.nix", "config.home.activation.nixfleetAgentLogDir")
     assert isinstance(entry, dict)
