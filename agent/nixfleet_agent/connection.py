@@ -188,9 +188,10 @@ class Connection:
         finally:
             session.dead.set()
             session.registered.clear()
+            _shutdown_socket(ws)  # unblocks a writer stuck in send() on a dead link
             self.outbox.set_live(False)
             self.outbox.kick()
-            writer.join(self.cfg.ping_timeout + 5)
+            writer.join(5.0)
             _abort(ws)
             self._session = None
         level = _log.info if session.close_reason or self._stop.is_set() else _log.warn
@@ -240,6 +241,10 @@ class Connection:
                 continue
             elif opcode == ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else 1005
+                try:
+                    ws.send_close(websocket.STATUS_NORMAL)  # the closing handshake's reply (serialized by ws)
+                except Exception:  # noqa: BLE001 - the peer may already be gone
+                    pass
                 return f"closed by dashboard (code {code})"
             elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
                 if opcode != ABNF.OPCODE_CONT:
