@@ -121,3 +121,30 @@ def test_outbox_refuses_ephemeral_when_not_live_and_keeps_durable():
     assert box.put(Message("heartbeat", "{}", durable=False))
     box.set_live(False)  # a disconnect discards the stale heartbeat, keeps the status
     assert len(box) == 1 and box.peek().kind == "status"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=30),
+       st.lists(st.sampled_from(["output", "status", "operation_progress"]), max_size=120))
+def test_outbox_overflow_keeps_order_and_every_status(limit, kinds):
+    """Whatever overflows: statuses all survive, order is kept, and every dropped line is counted."""
+    box = Outbox(limit)
+    sent = []
+    for index, kind in enumerate(kinds):
+        text = protocol.encode(kind, {"line": f"l{index}", "i": index}) if kind == "output" else json.dumps({"i": index})
+        box.put(Message(kind, text, True, "cmd"))
+        sent.append((kind, index))
+    box.set_live(True)
+    delivered, announced = [], 0
+    while (message := box.peek()) is not None:
+        payload = json.loads(message.text)
+        line = payload.get("payload", {}).get("line", "")
+        if "dropped" in line:
+            announced += int(line.split("[nixfleet-agent: ")[1].split()[0])
+        else:
+            index = payload["payload"]["i"] if "payload" in payload else payload["i"]
+            delivered.append((message.kind, index))
+        box.pop()
+    assert delivered == [item for item in sent if item in delivered]  # order kept
+    assert [i for k, i in sent if k != "output"] == [i for k, i in delivered if k != "output"]  # non-output never dropped
+    assert announced == len(sent) - len(delivered)
