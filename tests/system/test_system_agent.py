@@ -45,10 +45,10 @@ def host(
     system_container: Container, exchange_dir: Path, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str],
     golden_dir: Path,
 ) -> Iterator[AgentHost]:
-    wheel = agentwheel.build(exchange_dir / "build")
+    wheel, commit = agentwheel.build(exchange_dir / "build")
     agent = agenthost.install(
         system_container, wheel_host=wheel, exchange_host=exchange_dir, exchange_inside="/srv/exchange",
-        url=dash.url, repo_url=fleet[1], token=TOKEN, golden_dir=golden_dir,
+        url=dash.url, repo_url=fleet[1], token=TOKEN, golden_dir=golden_dir, source_commit=commit,
     )
     dash.wait_message("register", HOST, timeout=30)
     yield agent
@@ -69,14 +69,19 @@ def status_field(box: Container, pid: int, name: str) -> str:
 # ---------------------------------------------------------------------------- the agent unit
 
 
-def test_agent_registers_and_heartbeats(host: AgentHost, dash: Dashboard) -> None:
+def test_agent_registers_and_heartbeats(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
     register = dash.wait_message("register", HOST, timeout=30).payload
     assert register["host_type"] == "nixos"
-    assert register["repo_url"].startswith("git://127.0.0.1:")
+    assert register["repo_url"] == fleet[1]
+    assert register["source_commit"] == (host.source_commit or "unknown")
+    generation = fleet[0].head()[:7]
     since = dash.mark()
     dash.wait_message("heartbeat", HOST, since=since, timeout=10)
-    beat = dash.wait_message("heartbeat", HOST, since=dash.mark(), timeout=10).payload
-    assert beat["generation"] and beat["metrics"] is not None
+    beat = dash.wait_message("heartbeat", HOST, since=dash.mark(), timeout=10,
+                             where=lambda r: r.payload.get("generation") == generation).payload
+    assert beat["metrics"] is not None
 
 
 def test_agent_runs_unprivileged_without_a_way_to_root(host: AgentHost) -> None:
@@ -221,12 +226,19 @@ def test_switch_survives_the_agent_being_stopped(
     dash.wait_message("output", HOST, since=since, timeout=60,
                       where=lambda r: str(r.payload.get("line", "")).startswith("nixos-rebuild-shim step 1/"))
     box.systemctl("stop", AGENT_UNIT)
-    assert box.show(PRIV_UNIT, "ActiveState") in ("active", "activating"), "stopping the agent stopped the switch"
-    stopped_at = dash.mark()
-    box.systemctl("start", AGENT_UNIT)
+    try:
+        assert box.show(PRIV_UNIT, "ActiveState") in ("active", "activating"), "stopping the agent stopped the switch"
+        stopped_at = dash.mark()
+    finally:
+        box.systemctl("start", AGENT_UNIT)
     status = dash.wait_message("status", HOST, since=stopped_at, timeout=60,
                                where=lambda r: r.payload.get("command") == "pull-switch").payload
     assert status["exit_code"] == 0, status
+    # the restarted agent went on following the switch's output where the old one stopped
+    lines = shim_lines(dash, since)
+    assert "nixos-rebuild-shim done exit=0" in lines, lines
+    steps = [line for line in lines if line.startswith("nixos-rebuild-shim step ")]
+    assert steps == [f"nixos-rebuild-shim step {i}/6" for i in range(1, 7)], steps
     assert box.show(PRIV_UNIT, "Result") == "success"
     statuses = [r for r in dash.messages("status", HOST, since=since) if r.payload.get("command") == "pull-switch"]
     assert len(statuses) == 1, "the result was reported more than once"

@@ -26,6 +26,7 @@ class AgentHost:
     box: Container
     unit_names: list[str]
     token_path: str
+    source_commit: str
 
     def agent_pid(self) -> int:
         return int(self.box.show(AGENT_UNIT, "MainPID") or 0)
@@ -70,6 +71,7 @@ def install(
     repo_url: str,
     token: str,
     golden_dir: Path = units.GOLDEN_DIR,
+    source_commit: str = "",
 ) -> AgentHost:
     golden = units.golden_units(golden_dir)
     names = [path.name for path in golden]
@@ -106,4 +108,4 @@ def install(
     box.systemctl("daemon-reload")
     box.systemctl("start", PATH_UNIT)
     box.systemctl("start", AGENT_UNIT)
-    return AgentHost(box=box, unit_names=names, token_path=token_path)
+    return AgentHost(box=box, unit_names=names, token_path=token_path, source_commit=source_commit)

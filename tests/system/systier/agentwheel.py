@@ -29,8 +29,11 @@ def source_commit() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def build(dest: Path) -> Path:
-    """Build the wheel into `dest` and return its path."""
+def build(dest: Path) -> tuple[Path, str]:
+    """Build the wheel into `dest`; return its path and the commit it reports ("" outside git).
+
+    Other work lands in the checkout while tests run, so the commit is the one taken here, not HEAD.
+    """
     src = dest / "src"
     shutil.copytree(AGENT_SRC, src, ignore=shutil.ignore_patterns("*.egg-info", "build", "dist", "__pycache__"))
     commit = source_commit()
@@ -44,7 +47,7 @@ def build(dest: Path) -> Path:
     wheels = sorted(out.glob("nixfleet_agent-*.whl")) if out.is_dir() else []
     if done.returncode != 0 or not wheels:
         raise WheelError(f"building the agent wheel failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return wheels[0]
+    return wheels[0], commit
 
 
 def install(box: Container, wheel_inside: str) -> None:

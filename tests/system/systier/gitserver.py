@@ -82,6 +82,9 @@ class FleetRepo:
         _git("push", "--quiet", "origin", f"HEAD:{self.branch}", cwd=self.work)
         return _git("rev-parse", "HEAD", cwd=self.work)
 
+    def head(self) -> str:
+        return _git("rev-parse", "HEAD", cwd=self.work)
+
     def serve(self, box: Container) -> str:
         """Start the daemon unit inside the container; return the URL the agent clones from."""
         port = free_port()
