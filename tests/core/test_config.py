@@ -196,3 +196,14 @@ def test_cli_override_options(tmp_path):
     assert result.returncode == 2
     assert "--url: must be a ws:// or wss:// URL with a host (got 'http://still-wrong')" in result.stderr
     assert "--interval: must be between 1 and 3600 (got '0')" in result.stderr
+
+
+GOLDEN = sorted((Path(__file__).resolve().parent.parent / "golden").glob("*/nixfleet-agent.toml"))
+
+
+@pytest.mark.skipif(not GOLDEN, reason="no golden module outputs (tests/golden/*/nixfleet-agent.toml) in this checkout")
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.parent.name)
+def test_config_files_rendered_by_the_nix_modules_load(path, tmp_path):
+    """The TOML the Nix modules generate is accepted as-is (the token arrives separately)."""
+    cfg = load({"config": str(path)}, {"NIXFLEET_TOKEN": "x", "STATE_DIRECTORY": str(tmp_path)})
+    assert cfg.url.startswith(("ws://", "wss://")) and cfg.repo_dir
