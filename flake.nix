@@ -27,6 +27,8 @@
 
       # The modules default to this flake's package for the host's platform; `package` can
       # still be set to anything else.
+      # The key lets the module system deduplicate `nixfleet-agent` and `default` imported
+      # together.
       withPackage =
         module:
         { lib, pkgs, ... }:
@@ -34,6 +36,7 @@
           inherit (pkgs.stdenv.hostPlatform) system;
         in
         {
+          key = "nixfleet-agent:${toString module}";
           imports = [ module ];
           services.nixfleet-agent.package = lib.mkDefault self.packages.${system}.nixfleet-agent;
         };

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nix_harness_support import REPO, harness_dir, require_harness, sources_dir
+from nix_harness_support import REPO, harness_dir, parse_unit, require_harness, run, sources_dir
 
 NIXPKGS_PIN = {
     "lastModified": 1765779637,
@@ -172,3 +172,16 @@ def test_checks_flake_adds_home_manager_checks(flake_copy: tuple[Path, Path]) ->
 def test_modules_are_module_functions(flake_copy: tuple[Path, Path]) -> None:
     for output in ("nixosModules", "homeManagerModules"):
         assert flake_eval(flake_copy, f"{output}.default", "builtins.isFunction") is True
+
+
+def test_flake_nixos_modules_import_together_and_default_to_the_flake_package(tmp_path: Path) -> None:
+    proc = run("nixos", "flake-modules.nix", tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    service = parse_unit((tmp_path / "units" / "nixfleet-agent.service").read_text())["Service"]
+    assert "-flake-provided-agent-1/bin/nixfleet-agent --config " in service["ExecStart"][0]
+
+
+def test_flake_home_manager_modules_import_together(tmp_path: Path) -> None:
+    proc = run("hm", "flake-modules.nix", tmp_path, "--argstr", "kind", "hm", "--argstr", "system", "aarch64-darwin")
+    assert proc.returncode == 0, proc.stdout
+    assert "-flake-provided-agent-1/bin/nixfleet-agent" in (tmp_path / "launchd" / "com.nixfleet.agent.plist").read_text()
