@@ -39,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", default="run", choices=("run", "check", "status"),
                         help="run the agent (default), check the configuration and connection, "
                              "or show what the agent last did")
-    parser.add_argument("-v", "--version", action="store_true", help="print the version and source commit")
-    parser.add_argument("--check", action="store_true", help="same as the 'check' subcommand (upstream flag)")
+    parser.add_argument("-v", "--version", "-version", action="store_true", help="print the version and source commit")
+    parser.add_argument("--check", "-check", action="store_true", help="same as the 'check' subcommand (upstream flag)")
     parser.add_argument("--json", action="store_true", help="status: print JSON")
     for key in _OVERRIDES:
         parser.add_argument("--" + key.replace("_", "-"), dest=key, metavar=key.split("_")[-1].upper(),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from nixfleet_agent import buildinfo
 from support import run_cli
 
 
-def test_version_first_line_is_upstream_format(agent_env):
-    result = run_cli(["--version"], agent_env())
+@pytest.mark.parametrize("flag", ["--version", "-v", "-version"])
+def test_version_first_line_is_upstream_format(agent_env, flag):
+    result = run_cli([flag], agent_env())
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0] == f"nixfleet-agent {buildinfo.version()}"
@@ -36,6 +39,11 @@ def test_check_reports_rejected_token(dashboard, agent_env):
     assert result.returncode == 1
     assert result.stdout.strip() == f"FAILED: {dashboard.url} rejected the token (HTTP 401)"
     assert "wrong" not in result.stdout.replace("rejected the token", "")
+
+
+def test_unknown_option_exits_2(agent_env):
+    result = run_cli(["--frobnicate"], agent_env())
+    assert result.returncode == 2 and "unrecognized arguments: --frobnicate" in result.stderr
 
 
 def test_check_reports_unreachable_dashboard(agent_env):
