@@ -134,11 +134,12 @@ class NullLog(OpLog):
         self._fh = None
 
 
-def open_log(state_dir: Path, op_id: str | None = None, header: str | None = None) -> OpLog:
-    """Create ``logs/<op-id>.log`` (rotating older ones) and return it."""
+def open_log(state_dir: Path, op_id: str | None = None, header: str | None = None,
+             protect: tuple[str, ...] = ()) -> OpLog:
+    """Create ``logs/<op-id>.log`` (rotating older ones, except ``protect``) and return it."""
     op_id = op_id or new_op_id()
     directory = ensure_private_dir(logs_dir(state_dir))
-    rotate(state_dir, keep=KEEP - 1, protect=(op_id,))
+    rotate(state_dir, keep=KEEP - 1, protect=(op_id, *protect))
     log = OpLog(directory / f"{op_id}.log")
     if header:
         log.write(header)

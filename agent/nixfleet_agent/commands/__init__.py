@@ -60,9 +60,13 @@ class Job:
         """Opened on first use so commands that print nothing do not push switch logs out."""
         with self._log_lock:
             if self._log is None:
+                state_dir = Path(self.ctx.cfg.state_dir)
+                from ..operations import unreported  # a switch's log must outlive rotation until reported
+
                 try:
-                    self._log = oplog.open_log(Path(self.ctx.cfg.state_dir), self.op_id,
-                                               header=f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+                    self._log = oplog.open_log(state_dir, self.op_id,
+                                               header=f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+                                               protect=tuple(op.id for op in unreported(state_dir)))
                 except OSError:
                     self._log = oplog.NullLog()
             return self._log

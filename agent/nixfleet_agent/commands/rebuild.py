@@ -234,10 +234,15 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     ctx = job.ctx
     job.tracker.track(op.pid, detached=True)
     request = operations.PrivilegedLauncher(ctx.cfg.state_dir).request_path() if op.launcher == "privileged" else None
+    if op.launcher == "privileged":  # root's log lives elsewhere: keep a copy in ours
+        def emit(line: str) -> None:
+            job.say(line)
+    else:  # the wrapper writes our log file itself
+        def emit(line: str) -> None:
+            ctx.reporter.output(job.name, line, "stdout")
     try:
-        result = operations.follow(
-            Path(ctx.cfg.state_dir), op, lambda line: ctx.reporter.output(job.name, line, "stdout"),
-            ctx.stop_event, killed_by=job.tracker.sent_signal, request_path=request)
+        result = operations.follow(Path(ctx.cfg.state_dir), op, emit, ctx.stop_event,
+                                   killed_by=job.tracker.sent_signal, request_path=request)
     finally:
         job.tracker.track(None)
     if op.pid and op.launcher == "detached":

@@ -1,0 +1,93 @@
+"""pull-switch, update/bump-flake, force-update/force-rebuild: messages in order, argv as expected."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from conftest import kinds
+from support import git, wait_for
+
+HOST = "test-host"
+
+
+def _new_commit(repo: Path) -> str:
+    (repo / "hosts" / HOST / "configuration.nix").write_text("{ }\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "change host config")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def test_pull_switch_pulls_then_switches_the_new_commit(session, fleet_repo) -> None:
+    session.start()
+    head = _new_commit(fleet_repo)
+    status, records = session.run("pull-switch")
+    assert status["status"] == "ok" and status["generation"] == head[:7]
+    assert kinds(records)[0] == "progress:pull:in_progress"
+    order = [k for k in kinds(records) if k.startswith("progress")]
+    assert order == ["progress:pull:in_progress", "progress:pull:complete", "progress:system:in_progress",
+                     "progress:system:complete"]
+    lines = session.lines(records)
+    assert any(l.startswith("✅ Pull+Switch completed") or l.startswith("⚠️  Switch OK") for l in lines)
+    assert session.shims.calls("nixos-rebuild")[-1]["argv"][0] == "switch"
+
+
+def test_pull_switch_stops_when_the_pull_fails(session, fleet_repo, tmp_path: Path) -> None:
+    session.start()
+    fleet_repo.rename(tmp_path / "origin-gone")  # the remote disappears
+    status, records = session.run("pull-switch")
+    assert status["status"] == "error"
+    assert [k for k in kinds(records) if k.startswith("progress")] == ["progress:pull:in_progress", "progress:pull:error"]
+    assert not session.shims.calls("nixos-rebuild")
+
+
+def test_force_rebuild_and_force_update_disable_the_negative_cache(session) -> None:
+    session.start()
+    status, records = session.run("force-rebuild")
+    assert status["status"] == "ok"
+    argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
+    assert argv[:2] == ["switch", "--flake"] and argv[-3:] == ["--option", "narinfo-cache-negative-ttl", "0"]
+    session.dash.wait_for(lambda: session.dash.connected(HOST), timeout=10)
+    session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+    status, records = session.run("force-update", timeout=60)
+    assert status["status"] == "ok" and status["message"] == "force update complete", status
+    lines = session.lines(records)
+    assert [l for l in lines if l.startswith("━━━")] == ["━━━ Step 1/3: Git pull ━━━", "━━━ Step 2/3: nix flake update ━━━",
+                                                       "━━━ Step 3/3: Rebuild ━━━"]
+    assert session.shims.calls("nix")[-1]["argv"][-2:] == ["flake", "update"]
+
+
+def test_update_and_bump_flake_report_the_flake_update(session) -> None:
+    session.start()
+    for name in ("update", "bump-flake"):
+        status, records = session.run(name, timeout=60)
+        assert status["status"] == "ok", (name, status, session.lines(records))
+        assert "up to date" in status["message"]
+        assert any(c["argv"][-2:] == ["flake", "update"] for c in session.shims.calls("nix"))
+        assert all(r.payload["command"] == name for r in records if r.type == "output")
+
+
+def test_privileged_reboot_goes_through_the_root_unit(session, tmp_path: Path) -> None:
+    priv = tmp_path / "privileged-root"
+    priv.mkdir()
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(priv))
+    request = Path(session.agent.env["NIXFLEET_STATE_DIR"]) / "privileged" / "request.json"
+    seen: list[dict] = []
+
+    def root_unit() -> None:
+        wait_for(request.exists, 10, "request.json")
+        data = json.loads(request.read_text())
+        request.unlink()
+        seen.append(data)
+        (priv / data["id"]).mkdir()
+        (priv / data["id"] / "result.json").write_text(json.dumps({"id": data["id"], "action": "reboot",
+                                                                   "exit_code": 1, "error": "reboot: denied"}))
+
+    worker = threading.Thread(target=root_unit)
+    worker.start()
+    status, _ = session.run("reboot", timeout=15)
+    worker.join()
+    assert seen[0]["action"] == "reboot"
+    assert status["status"] == "error" and "reboot: denied" in status["message"]
+    assert not session.shims.calls("systemctl") and not session.shims.calls("sudo")

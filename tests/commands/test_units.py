@@ -1,0 +1,87 @@
+"""Small pure pieces: generation picking, result files, operation records, restart decision."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nixfleet_agent import operations
+from nixfleet_agent.commands import agentpkg, rebuild
+
+
+def _profiles(tmp_path: Path, gens: list[int], current: int | None) -> Path:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for n in gens:
+        (profiles / f"home-manager-{n}-link").symlink_to(tmp_path)
+    if current is not None:
+        (profiles / "home-manager").symlink_to(f"home-manager-{current}-link")
+    return profiles
+
+
+@pytest.mark.parametrize("gens,current,expected", [
+    (list(range(1, 13)), 12, 11),      # lexical sort would pick 9 ("-9-" > "-12-" > "-11-")
+    ([9, 10], 10, 9),                  # across the digit boundary
+    ([3, 7, 12], 12, 7),               # gaps after garbage collection
+    ([5, 6, 7], 6, 5),                 # current is not the newest (after an earlier rollback)
+    ([4], 4, None),                    # only one generation: refuse, never re-activate it
+    ([], None, None),
+    ([2, 3], None, 2),                 # no current link: the newest counts as current
+])
+def test_previous_generation_is_numeric(tmp_path: Path, gens: list[int], current: int | None, expected: int | None) -> None:
+    assert rebuild.previous_generation(_profiles(tmp_path, gens, current)) == expected
+
+
+def test_result_file_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    assert operations.read_result(path) is None
+    path.write_text(json.dumps({"exit_code": 143, "signal": 15}))
+    res = operations.read_result(path)
+    assert res is not None and res.exit_code == 143 and res.signal == 15
+    path.write_text(json.dumps({"id": "x", "action": "switch", "exit_code": 2, "error": "commit: not in the clone"}))
+    res = operations.read_result(path)
+    assert res is not None and res.exit_code == 2 and res.start_error == "commit: not in the clone"
+    path.write_text("{garbage")
+    res = operations.read_result(path)
+    assert res is not None and res.exit_code == 1 and "unreadable result file" in (res.start_error or "")
+
+
+def test_corrupt_operation_record_is_skipped(tmp_path: Path) -> None:
+    op = operations.Operation(id="20260101T000000Z-abcd", command="switch", action="switch", argv=["x"],
+                              launcher="detached", log_path="l", result_path="r")
+    operations.save(tmp_path, op)
+    (operations.ops_dir(tmp_path) / "20260101T000001Z-ffff.json").write_text("{not json")
+    assert [o.id for o in operations.unreported(tmp_path)] == [op.id]
+    assert (operations.ops_dir(tmp_path).stat().st_mode & 0o777) == 0o700
+    operations.mark_reported(tmp_path, op)
+    assert operations.unreported(tmp_path) == []
+
+
+def test_restart_decision_compares_store_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    running = "/nix/store/aaaa-nixfleet-agent-1.0"
+    monkeypatch.setattr(agentpkg.freshness, "store_path", lambda: running)
+    monkeypatch.setattr(agentpkg, "installed_agent", lambda platform: Path("/x/bin/nixfleet-agent"))
+    monkeypatch.setattr(agentpkg, "store_root", lambda path: running)
+    assert agentpkg.restart_needed("nixos", "") == (False, f"agent package unchanged ({running})")
+    monkeypatch.setattr(agentpkg, "store_root", lambda path: "/nix/store/bbbb-nixfleet-agent-1.1")
+    assert agentpkg.restart_needed("nixos", "")[0] is True
+
+
+def test_restart_when_nothing_can_be_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agentpkg, "installed_agent", lambda platform: None)
+    monkeypatch.setattr(agentpkg, "fingerprint", lambda platform: "")
+    assert agentpkg.restart_needed("nixos", "")[0] is True
+
+
+def test_signal_group_never_signals_the_agents_own_group() -> None:
+    import signal
+    import subprocess
+
+    # a child that (wrongly) shares our process group: only it may be signalled, not the group
+    child = subprocess.Popen(["sleep", "30"])
+    assert os.getpgid(child.pid) == os.getpgid(0)
+    assert operations.signal_group(child.pid, signal.SIGTERM) is None
+    assert child.wait(5) == -signal.SIGTERM  # and this test process is still alive to see it
