@@ -168,12 +168,16 @@ in
     cfg:
     lib.mapAttrs (_: lib.mkDefault) (
       lib.filterAttrs (_: value: value != null) {
-        inherit (cfg) url branch interval;
+        inherit (cfg)
+          url
+          branch
+          interval
+          hostname
+          location
+          ;
         repo_url = cfg.repoUrl;
         config_repo = cfg.configRepo;
-        hostname = cfg.hostname;
         log_level = cfg.logLevel;
-        location = cfg.location;
         device_type = cfg.deviceType;
         theme_color = cfg.themeColor;
         nixpkgs_version = cfg.nixpkgsVersion;
