@@ -168,13 +168,7 @@ in
     cfg:
     lib.mapAttrs (_: lib.mkDefault) (
       lib.filterAttrs (_: value: value != null) {
-        inherit (cfg)
-          url
-          branch
-          interval
-          hostname
-          location
-          ;
+        inherit (cfg) url branch interval hostname location;
         repo_url = cfg.repoUrl;
         config_repo = cfg.configRepo;
         log_level = cfg.logLevel;
