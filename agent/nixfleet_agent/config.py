@@ -22,10 +22,15 @@ from urllib.parse import urlsplit
 
 from .secret import Secret, read_token_file
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def _toml() -> Any:
+    """The TOML parser, imported only when a config file is used (keeps env-only agents smaller)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib
 
 
 class ConfigError(Exception):
@@ -184,6 +189,7 @@ def _show(value: Any) -> str:
 
 
 def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
+    tomllib = _toml()
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
@@ -398,6 +404,7 @@ def state_dir_only(argv_overrides: Mapping[str, str], env: Mapping[str, str]) ->
         return Path(env["NIXFLEET_STATE_DIR"])
     path = cli.get("config") or env.get("NIXFLEET_CONFIG", "")
     if path:
+        tomllib = _toml()
         try:
             with open(path, "rb") as handle:
                 value = tomllib.load(handle).get("state_dir")

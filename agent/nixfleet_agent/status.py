@@ -12,7 +12,6 @@ import os
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ _log = log.get("status")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _empty() -> dict[str, str]:
@@ -130,6 +129,7 @@ class StatusStore:
 
 
 def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
+    from datetime import UTC, datetime  # only here: keeps the idle agent smaller
     if not str(repo_dir):
         return "unknown", "Repository path not configured"
     if not (repo_dir / "flake.lock").is_file():
