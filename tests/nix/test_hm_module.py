@@ -66,6 +66,9 @@ def test_launchd_agent_runs_the_package(darwin: Path) -> None:
     assert flag == "--config" and config.endswith("-nixfleet-agent.toml")
     assert job["StandardOutPath"] == "/Users/alice/Library/Logs/nixfleet-agent/agent.log"
     assert job["StandardErrorPath"] == "/Users/alice/Library/Logs/nixfleet-agent/agent.log"
+    # what the module sets, before Home Manager's wait4path wrapper
+    raw = eval_json("hm-good.nix", "config.launchd.agents.nixfleet-agent.config.ProgramArguments")
+    assert raw == [exe, "--config", config]
 
 
 def test_no_secret_in_plists_or_environment(darwin: Path) -> None:
