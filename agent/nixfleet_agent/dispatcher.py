@@ -18,12 +18,11 @@ from __future__ import annotations
 import signal
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from . import log as logmod
 from . import operations
-from .commands import Context, Job
-from .commands import registry
+from .commands import Context, Job, registry
 
 _log = logmod.get("dispatcher")
 
@@ -185,15 +184,15 @@ class Dispatcher:
     def _work(self, job: Job, body: Callable[[Job], None]) -> None:
         try:
             body(job)
-        except Exception as exc:  # a bug must still end the command visibly
+        except Exception as exc:  # noqa: BLE001 - a bug must still end the command visibly
             _log.error("command_crashed", command=job.name, error=repr(exc))
             _log.debug("command_traceback", trace=traceback.format_exc())
             try:
                 job.err(f"internal error in {job.name}: {exc!r}")
                 if not job.status_sent:
                     job.status("error", 1, f"internal error: {exc}")
-            except Exception:
-                pass
+            except Exception as again:  # noqa: BLE001 - reporting itself failed; the log has it
+                _log.error("command_crash_report_failed", command=job.name, error=repr(again))
         finally:
             job.close_log()
             self._release(job)
@@ -209,7 +208,7 @@ class Dispatcher:
     def _guard(self, name: str, fn: Callable[[Context], None]) -> None:
         try:
             fn(self.ctx)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - same rule as _work
             _log.error("command_crashed", command=name, error=repr(exc))
             self.ctx.reporter.status(name, "error", 1, f"internal error: {exc}")
 

@@ -32,9 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from . import log as logmod
 from .oplog import ensure_private_dir, logs_dir
@@ -269,7 +270,7 @@ def follow(
         while True:
             if fh is None:
                 try:
-                    fh = open(log_path, "rb")
+                    fh = open(log_path, "rb")  # noqa: SIM115 - kept open across turns, closed in finally
                     fh.seek(offset)
                 except FileNotFoundError:
                     fh = None

@@ -116,7 +116,7 @@ class OpLog:
                 pass
             self._fh = None
 
-    def __enter__(self) -> "OpLog":
+    def __enter__(self) -> OpLog:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -126,7 +126,7 @@ class OpLog:
 class NullLog(OpLog):
     """A log that discards everything (used when no state dir is available, e.g. ad-hoc runs)."""
 
-    def __init__(self) -> None:  # noqa: D401 - deliberately not calling super
+    def __init__(self) -> None:
         self.path = Path(os.devnull)
         self.op_id = ""
         self.error = None

@@ -31,9 +31,10 @@ import signal
 import subprocess
 import termios
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Protocol, Sequence
+from typing import Literal, Protocol
 
 MAX_LINE = 16 * 1024  # bytes per output line, marker included
 MARKER_ROOM = 64

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from support import TEST_HOST  # noqa: F401  (re-exported for tests)
 
 SHIMS = Path(__file__).resolve().parent.parent / "shims"
@@ -63,7 +63,7 @@ class Session:
         self.overrides = overrides
         self.agent: Any = None
 
-    def start(self, **more: str) -> "Session":
+    def start(self, **more: str) -> Session:
         mark = self.dash.mark()
         self.agent = self._start(**{**self.shims.env(), **self.overrides, **more})
         self.dash.wait_message("register", since=mark, timeout=15)

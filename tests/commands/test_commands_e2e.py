@@ -84,7 +84,7 @@ def test_home_manager_switch_restarts_only_when_agent_package_changed(session, t
 
 def test_unknown_command_names_it(session) -> None:
     session.start()
-    status, records = session.run("frobnicate")
+    status, _ = session.run("frobnicate")
     assert status == {"status": "error", "command": "frobnicate", "exit_code": 1,
                       "message": "unknown command: frobnicate", **({"generation": status["generation"]} if "generation" in status else {})}
     assert session.agent.running()
@@ -130,10 +130,10 @@ def test_check_version(session, tmp_path: Path) -> None:
     fake.write_text(f"#!/bin/sh\necho nixfleet-agent {nixfleet_agent.version()}\n")
     fake.chmod(0o755)
     session.start(NIXFLEET_PLATFORM="home-manager")
-    status, records = session.run("check-version")
+    status, _ = session.run("check-version")
     assert status["status"] == "ok" and status["message"].startswith("running=")
     fake.write_text("#!/bin/sh\necho nixfleet-agent 0.0.1\n")
-    status, records = session.run("check-version")
+    status, _ = session.run("check-version")
     assert status["status"] == "warning" and status["exit_code"] == 0
     assert "installed=0.0.1" in status["message"]
 
@@ -196,6 +196,6 @@ def test_macos_rollback_with_12_generations_picks_11(session, tmp_path: Path) ->
 def test_macos_rollback_refuses_without_previous_generation(session, tmp_path: Path) -> None:
     _hm_profile(tmp_path, session.shims, 1)
     session.start(NIXFLEET_PLATFORM="home-manager")
-    status, records = session.run("rollback")
+    status, _ = session.run("rollback")
     assert status["status"] == "error" and status["message"] == "no previous generation"
     assert not (session.shims.dir / "activated").exists()

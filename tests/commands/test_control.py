@@ -29,8 +29,11 @@ def test_busy_rejection_when_two_commands_arrive_together(session, fleet_repo) -
     for name in ("test", "pull", "switch"):  # three frames back to back, same millisecond
         session.dash.send_command(HOST, name)
     pid = _started(session, mark)
-    rejected = session.dash.wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
-        session.dash.messages("command_rejected", since=mark)), timeout=5)
+    def two_rejections() -> list | None:
+        found = session.dash.messages("command_rejected", since=mark)
+        return found if len(found) == 2 else None
+
+    rejected = session.dash.wait_for(two_rejections, timeout=5)
     for r in rejected:
         assert r.payload["reason"] == "command already running"
         assert r.payload["current_command"] == "test"

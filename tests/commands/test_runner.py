@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from nixfleet_agent import oplog, runner
 from support import wait_for
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import oplog, runner
 from ..runner import Result
@@ -27,14 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class Context:
-    cfg: "Config"
-    reporter: "Reporter"
-    status: "StatusStore"
-    repo: "Repo | None"
+    cfg: Config
+    reporter: Reporter
+    status: StatusStore
+    repo: Repo | None
     stop_event: threading.Event
 
 
-class Tracker:
+class Tracker(Protocol):
     """The dispatcher's side of a job: PID tracking and stop requests (implemented there)."""
 
     def track(self, pid: int | None, detached: bool = False) -> None: ...
@@ -61,7 +62,9 @@ class Job:
         with self._log_lock:
             if self._log is None:
                 state_dir = Path(self.ctx.cfg.state_dir)
-                from ..operations import unreported  # a switch's log must outlive rotation until reported
+                from ..operations import (
+                    unreported,  # a switch's log must outlive rotation until reported
+                )
 
                 try:
                     self._log = oplog.open_log(state_dir, self.op_id,

@@ -30,7 +30,7 @@ _UNIT_FILES = (
 def _user() -> str:
     try:
         return getpass.getuser()
-    except Exception:  # no passwd entry (DynamicUser)
+    except Exception:  # noqa: BLE001 - no passwd entry (DynamicUser) raises KeyError or OSError
         return os.environ.get("USER", "")
 
 

@@ -21,7 +21,7 @@ def pull_steps(job: Job) -> int:
         return 1
     try:
         return repo.pull(job.run_fn())
-    except Exception as exc:  # RepoError and friends: the message names the problem
+    except Exception as exc:  # noqa: BLE001 - RepoError and friends: the message names the problem
         job.err(f"❌ {exc}")
         return 1
 

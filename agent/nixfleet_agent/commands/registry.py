@@ -3,13 +3,13 @@ anything else gets a ``status`` error naming it."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import Job, pulling, rebuild, refresh, testing, update
 from .control import reboot, restart
 from .rebuild import resume_operation
 
-__all__ = ["HANDLERS", "run", "restart", "reboot", "resume_operation"]
+__all__ = ["HANDLERS", "reboot", "restart", "resume_operation", "run"]
 
 HANDLERS: dict[str, Callable[[Job], None]] = {
     "pull": pulling.pull,
