@@ -48,16 +48,16 @@ class Dispatcher:
     def on_command(self, name: str) -> None:
         name = (name or "").strip()
         if name in ("stop", "kill", "restart", "reboot"):
+            # Own short-lived thread each: their reporting may wait on a full Outbox (restart
+            # drains it), and the connection thread must keep reading meanwhile.
             _log.info("command_received", command=name, busy=self._current or "")
-            if name == "stop":
-                self.stop()
-            elif name == "kill":
-                self.on_kill("SIGTERM", 0)
-            elif name == "restart":
-                registry.restart(self.ctx)
-            else:
-                threading.Thread(target=self._guard, args=("reboot", registry.reboot), name="reboot",
-                                 daemon=True).start()
+            handler: Callable[[Context], None] = {
+                "stop": lambda _ctx: self.stop(),
+                "kill": lambda _ctx: self._kill("SIGTERM", 0),
+                "restart": registry.restart,
+                "reboot": registry.reboot,
+            }[name]
+            threading.Thread(target=self._guard, args=(name, handler), name=name, daemon=True).start()
             return
         with self._lock:
             if self._current is not None:
@@ -75,6 +75,10 @@ class Dispatcher:
 
     def on_kill(self, signal_name: str, pid: int) -> None:
         """``kill_command`` (and the ``kill`` command): SIGTERM then SIGKILL, or SIGKILL at once."""
+        threading.Thread(target=self._guard, args=("kill", lambda _ctx: self._kill(signal_name, pid)),
+                         name="kill", daemon=True).start()
+
+    def _kill(self, signal_name: str, pid: int) -> None:
         with self._lock:
             current, tracked = self._current, self._pid
         say = self._say_for(current or "kill")
