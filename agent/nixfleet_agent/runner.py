@@ -16,8 +16,8 @@ Decisions (measured, see README "Commands"):
   loop, split on ``\\n``, one trailing ``\\r`` dropped, decoded as UTF-8 with replacement. A line
   longer than :data:`MAX_LINE` bytes is cut (marker included) and the rest of it is counted, not stored, so a 1 GiB
   line costs 16 KiB of memory (upstream hung at 64 KiB).
-* **Drain before result.** A waiter thread notices the child's exit with ``waitid(WNOWAIT)`` (so the
-  PID stays valid for signalling until we reap it) and wakes the loop, which then reads until EOF
+* **Drain before result.** A waiter thread notices the child's exit with ``waitid(WNOWAIT)``
+  (kqueue ``NOTE_EXIT`` on macOS), so the PID stays valid for signalling until we reap it, and wakes the loop, which then reads until EOF
   on both pipes. If a grandchild keeps the pipes open after the child exited, reading stops after
   :data:`DRAIN_GRACE` seconds without data, with a note line, instead of hanging forever.
 """
@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import signal
 import subprocess
+import sys
 import termios
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -132,6 +134,33 @@ class LineSplitter:
         self._emit(text)
 
 
+def wait_exit_without_reaping(pid: int) -> bool:
+    """Block until child ``pid`` has exited, leaving it unreaped (its PID stays reserved).
+
+    Linux: ``waitid(WNOWAIT)``. macOS (CPython has no ``os.waitid`` there): a kqueue
+    ``NOTE_EXIT`` watch. Returns False when neither exists; the caller then relies on EOF alone.
+    """
+    if hasattr(os, "waitid"):
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        return True
+    if sys.platform == "darwin":
+        kq = select.kqueue()
+        try:
+            event = select.kevent(pid, filter=select.KQ_FILTER_PROC, flags=select.KQ_EV_ADD | select.KQ_EV_ONESHOT,
+                                  fflags=select.KQ_NOTE_EXIT)
+            try:
+                kq.control([event], 1, None)
+            except ProcessLookupError:
+                pass  # already exited
+        finally:
+            kq.close()
+        return True
+    return False
+
+
 def _pty_pair() -> tuple[int, int]:
     master, slave = os.openpty()
     attrs = termios.tcgetattr(slave)
@@ -214,12 +243,9 @@ def run(
     exited = threading.Event()
 
     def wait_exit() -> None:
-        try:
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass
-        exited.set()
-        os.write(wake_w, b"x")
+        if wait_exit_without_reaping(proc.pid):
+            exited.set()
+            os.write(wake_w, b"x")
 
     waiter = threading.Thread(target=wait_exit, name=f"wait-{proc.pid}", daemon=True)
     waiter.start()
