@@ -84,3 +84,37 @@ def test_signal_group_never_signals_the_agents_own_group() -> None:
     assert os.getpgid(child.pid) == os.getpgid(0)
     assert operations.signal_group(child.pid, signal.SIGTERM) is None
     assert child.wait(5) == -signal.SIGTERM  # and this test process is still alive to see it
+
+
+def _privileged_op(tmp_path: Path) -> tuple[operations.Operation, Path]:
+    state, priv = tmp_path / "state", tmp_path / "priv"
+    state.mkdir()
+    priv.mkdir()
+    log, result = operations.paths_for(state, priv, "20260101T000000Z-abcd", "privileged")
+    op = operations.Operation(id="20260101T000000Z-abcd", command="switch", action="switch", argv=[],
+                              launcher="privileged", log_path=str(log), result_path=str(result), commit="a" * 40,
+                              flake_attr="h")
+    launcher = operations.PrivilegedLauncher(state)
+    launcher.start(op)
+    return op, launcher.request_path()
+
+
+def test_privileged_request_nobody_picks_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(operations, "PICKUP_TIMEOUT", 0.3)
+    op, request = _privileged_op(tmp_path)
+    assert json.loads(request.read_text()) == {"id": op.id, "action": "switch", "commit": "a" * 40, "flake_attr": "h"}
+    res = operations.follow(tmp_path / "state", op, lambda line: None, threading.Event(), request_path=request)
+    assert res is not None and res.exit_code == 1 and "not picked up" in (res.start_error or "")
+    assert not request.exists()  # withdrawn, so a late root unit does not switch unasked
+
+
+def test_privileged_request_rejected_without_usable_id(tmp_path: Path) -> None:
+    import threading
+
+    op, request = _privileged_op(tmp_path)
+    request.unlink()  # consumed by the root unit, which refused it
+    (tmp_path / "priv" / "rejected.json").write_text(json.dumps({"id": op.id, "exit_code": 2, "error": "commit: unknown"}))
+    res = operations.follow(tmp_path / "state", op, lambda line: None, threading.Event(), request_path=request)
+    assert res is not None and res.exit_code == 2 and res.start_error == "privileged switch request rejected: commit: unknown"
