@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # Helpers shared by the VM test scripts; default.nix puts this file in front of each script.
 # They talk to the reference dashboard's control API on `server` (tests/dashboard.py) with curl
 # and jq, and keep every wait bounded.
@@ -62,7 +63,7 @@ def send_command(host, command):
 def wait_status(host, command, since, timeout=WAIT):
     path = f"/api/messages?host={host}&type=status&since={since}"
     found = wait_api(path, f'map(select(.payload.command == "{command}")) | length >= 1', timeout)
-    return [m for m in found if m["payload"]["command"] == command][0]["payload"]
+    return next(m for m in found if m["payload"]["command"] == command)["payload"]
 
 
 def output_lines(host, since):

@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # (5) The Home Manager module on a Linux node: alice's user unit (lingering, so it runs without a
 # login) starts with her token and registers.
 TOKEN = "vm-home-manager-token"

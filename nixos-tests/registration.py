@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # (1) The agent node registers with the dashboard node and keeps sending heartbeats; it runs as a
 # dynamic user with a private state directory, and systemd brings it back after a crash.
 TOKEN = "vm-registration-token"

@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # (2) The agent's isolated clone, fed by the git daemon on `server`: first clone, a pull after
 # the branch was force-pushed, and a corrupted clone moved aside and cloned again.
 TOKEN = "vm-repository-token"

@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # (4) The token reaches the agent only at run time: a poison token string is in no store path of
 # the agent node's system closure, not in its units, its process environment or command line,
 # nor in the journal.

@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - the NixOS test driver provides start_all, subtest, the machines and the helpers
 # (3) A switch from the dashboard goes through the privileged unit: root runs nixos-rebuild (a
 # shim switching to a specialisation pre-built in the VM's store, named by the commit), output
 # streams to the dashboard, the result arrives, and the agent restarts only when the switch

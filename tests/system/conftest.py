@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from systier import container, prereqs, rootfs, units  # noqa: E402
+from systier import container, prereqs, rootfs, units
 
 EXCHANGE_INSIDE = "/srv/exchange"
 

@@ -12,10 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard import Dashboard  # tests/dashboard.py (tests/conftest.py puts tests/ on sys.path)
-
+from dashboard import (
+    Dashboard,  # tests/dashboard.py (tests/conftest.py puts tests/ on sys.path)
+)
 from systier import agenthost, agentwheel, gitserver
-from systier.agenthost import AGENT_UNIT, PATH_UNIT, PRIV_DIR, PRIV_UNIT, STATE_DIR, AgentHost
+from systier.agenthost import (
+    AGENT_UNIT,
+    PATH_UNIT,
+    PRIV_DIR,
+    PRIV_UNIT,
+    STATE_DIR,
+    AgentHost,
+)
 from systier.container import Container
 from systier.waiting import wait_for
 

@@ -25,7 +25,7 @@ class WheelError(RuntimeError):
 
 
 def source_commit() -> str:
-    done = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], check=False, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
@@ -42,7 +42,7 @@ def build(dest: Path) -> tuple[Path, str]:
     out = dest / "wheel"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(src)],
-        capture_output=True, text=True, timeout=300,
+        check=False, capture_output=True, text=True, timeout=300,
     )
     wheels = sorted(out.glob("nixfleet_agent-*.whl")) if out.is_dir() else []
     if done.returncode != 0 or not wheels:

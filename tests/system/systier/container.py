@@ -79,9 +79,8 @@ class Container:
         )
         argv = ["setpriv", "--pdeathsig", "TERM", "unshare", "--mount", "--propagation", "private",
                 "/bin/sh", "-c", script]
-        log = open(self.boot_log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.boot_log_path, "wb") as log:  # nspawn keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         atexit.register(self.stop)
         try:
             self.init_pid = wait_for(self._find_init, 20, "the container's systemd to start", detail=self.diagnostics)
@@ -169,7 +168,7 @@ class Container:
         command = ["nsenter", "-t", str(self.init_pid), "-a", "--", "env", "-i",
                    *[f"{k}={v}" for k, v in inner_env.items()], *argv]
         try:
-            done = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(command, input=input, check=False, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise WaitTimeout(f"command inside the container took over {timeout:.0f}s: {shlex.join(argv)}") from None
         if check and done.returncode != 0:

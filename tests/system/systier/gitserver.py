@@ -43,7 +43,7 @@ def _git(*args: str, cwd: Path | None = None) -> str:
     env = {"GIT_AUTHOR_NAME": "fleet", "GIT_AUTHOR_EMAIL": "fleet@test", "GIT_COMMITTER_NAME": "fleet",
            "GIT_COMMITTER_EMAIL": "fleet@test", "HOME": "/nonexistent", "PATH": "/usr/bin:/bin",
            "GIT_CONFIG_NOSYSTEM": "1"}
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed: {done.stderr}")
     return done.stdout.strip()

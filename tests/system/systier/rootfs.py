@@ -153,7 +153,8 @@ def _run(argv: list[str], log: Path, step: str, timeout: float = BUILD_TIMEOUT) 
         out.write(f"\n### {step}: {' '.join(argv)}\n")
         out.flush()
         try:
-            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise RootfsError(f"rootfs build step {step!r} took over {timeout:.0f}s; log: {log}") from None
     if proc.returncode != 0:
@@ -186,9 +187,9 @@ def _build(work: Path, log: Path) -> None:
     _run(
         ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--directory", str(work), "--",
          "/bin/sh", "-ec",
-         f"python3 -m venv {VENV_DIR}; "
-         f"{VENV_DIR}/bin/pip install --quiet --no-index --find-links {WHEEL_DIR} {' '.join(VENV_REQUIREMENTS)}; "
-         "apt-get clean"],
+         (f"python3 -m venv {VENV_DIR}; "
+          f"{VENV_DIR}/bin/pip install --quiet --no-index --find-links {WHEEL_DIR} {' '.join(VENV_REQUIREMENTS)}; "
+          "apt-get clean")],
         log,
         "venv",
     )

@@ -14,9 +14,9 @@ credentials, the same path unit. Each `/nix/store/<hash>-<name>/<rest>` is mappe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .rootfs import VENV_DIR
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ def wait_for(
             if detail is not None:
                 try:
                     extra = "\n" + detail()
-                except Exception as exc:  # diagnostics must never hide the real failure
+                except Exception as exc:  # noqa: BLE001 - diagnostics must never hide the real failure
                     extra = f"\n(diagnostics failed: {exc})"
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
         time.sleep(interval)
