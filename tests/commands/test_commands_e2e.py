@@ -145,20 +145,26 @@ def test_restart_sends_status_then_exits(session) -> None:
     assert session.agent.wait(10) == 101
 
 
-def test_reboot_does_not_block_and_reports(session) -> None:
+def test_reboot_does_not_block_the_message_loop(session) -> None:
     session.start()
     mark = session.send("reboot")
     # the message loop stays free during the 3 s delay: a refresh answers at once
     session.dash.send_command(HOST, "refresh-git")
     session.status_of("refresh-git", mark, timeout=2)
+    assert not session.shims.calls("systemctl")
     status = session.status_of("reboot", mark, timeout=10).payload
     assert status["status"] == "ok"
     assert session.shims.calls("systemctl")[-1]["argv"] == ["reboot"]
+
+
+def test_reboot_failure_is_reported(session) -> None:
+    session.start()
     session.shims.set("reboot_exit", 1)
     mark = session.send("reboot")
     status = session.status_of("reboot", mark, timeout=10).payload
     assert status["status"] == "error" and "reboot failed" in status["message"]
     assert any(l.startswith("❌ Reboot failed") for l in session.lines(session.dash.messages(since=mark)))
+    assert session.agent.running()
 
 
 def test_rollback_nixos(session) -> None:

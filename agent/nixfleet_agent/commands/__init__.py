@@ -131,6 +131,17 @@ class Job:
             result.start_error = result.start_error or f"timed out after {timeout:.0f}s"
         return result
 
+    def repo_env(self) -> Mapping[str, str] | None:
+        """The repository's child environment; None (inherit) if the SSH setup is unusable."""
+        repo = self.ctx.repo
+        if repo is None:
+            return None
+        try:
+            return repo.git_env()
+        except Exception as exc:  # noqa: BLE001 - RepoError: say it, carry on without SSH settings
+            self.err(f"warning: {exc}")
+            return None
+
     def run_fn(self) -> Callable[[Sequence[str], Mapping[str, str] | None, Path | None], int]:
         """The ``RunFn`` that repo.py / flakeupdate.py expect."""
 

@@ -123,7 +123,7 @@ def force_update(job: Job) -> None:
     job.say("━━━ Step 2/3: nix flake update ━━━")
     repo = job.ctx.repo
     cwd = repo.path if repo is not None else Path(job.ctx.cfg.repo_dir)
-    env = repo.git_env() if repo is not None else None
+    env = job.repo_env()
     res = job.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "update"], env, cwd)
     if not res.ok:
         if not job.stopped_status(res):

@@ -65,7 +65,7 @@ def system_verdict(job: Job) -> tuple[str, str]:
     except OSError as exc:
         return "error", f"Cannot read current system: {exc.strerror or exc}"
     cap = Capture()
-    env = job.ctx.repo.git_env() if job.ctx.repo is not None else None
+    env = job.repo_env()
     res = job.run(["nix", "build", "--extra-experimental-features", "nix-command flakes", "--dry-run", "--json",
                    f"{repo}#{attr}"], env, repo, timeout=SYSTEM_TIMEOUT, sink=cap)
     if not res.ok:
