@@ -165,6 +165,33 @@ def read_result(path: Path) -> Result | None:
                   start_error=str(err) if err else None)
 
 
+def boot_time() -> float | None:
+    """When the machine booted (epoch seconds), or None if unknown.
+
+    A record older than the boot belongs to a switch the reboot interrupted: its PID may have been
+    reused, and no result will ever appear.
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "kern.boottime"], capture_output=True, text=True, timeout=5, check=False).stdout
+            return float(out.split("sec =")[1].split(",")[0])
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            return None
+    return None
+
+
+def interrupted_by_reboot(op: Operation) -> bool:
+    booted = boot_time()
+    return booted is not None and booted > op.started_at
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

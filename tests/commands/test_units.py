@@ -118,3 +118,13 @@ def test_privileged_request_rejected_without_usable_id(tmp_path: Path) -> None:
     (tmp_path / "priv" / "rejected.json").write_text(json.dumps({"id": op.id, "exit_code": 2, "error": "commit: unknown"}))
     res = operations.follow(tmp_path / "state", op, lambda line: None, threading.Event(), request_path=request)
     assert res is not None and res.exit_code == 2 and res.start_error == "privileged switch request rejected: commit: unknown"
+
+
+def test_operation_from_before_the_last_boot_counts_as_interrupted() -> None:
+    booted = operations.boot_time()
+    assert booted is not None  # Linux: /proc/stat btime
+    old = operations.Operation(id="x", command="switch", action="switch", argv=[], launcher="detached",
+                               log_path="l", result_path="r", started_at=booted - 60)
+    new = operations.Operation(id="y", command="switch", action="switch", argv=[], launcher="detached",
+                               log_path="l", result_path="r")
+    assert operations.interrupted_by_reboot(old) and not operations.interrupted_by_reboot(new)

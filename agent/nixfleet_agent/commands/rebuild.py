@@ -257,6 +257,9 @@ def resume_operation(job: Job, op: operations.Operation) -> None:
     """A previous agent process started ``op``: stream the rest and report it exactly once."""
     job.say(f"↻ Agent restarted during {op.command} ({op.id}); resuming")
     result = operations.read_result(Path(op.result_path))
+    if result is None and operations.interrupted_by_reboot(op):
+        result = Result(exit_code=1, start_error=f"the machine rebooted during {op.command}; "
+                                                 "it left no result, its outcome is unknown")
     if result is None:
         job.progress("system", 0, 3, "in_progress")
         job.ctx.status.set("system", "working", "Switch in progress..." if op.action == "switch" else "Rollback in progress...")
