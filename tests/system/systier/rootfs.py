@@ -136,7 +136,7 @@ def ensure(log: Path | None = None) -> Path:
         if final.is_dir():  # another session built it while we waited
             return final
         for stale in root.glob(f".build-rootfs-{digest}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_build_dir(stale)
         work = root / f".build-rootfs-{digest}-{os.getpid()}"
         log = log or root / f"rootfs-{digest}.build.log"
         try:
@@ -144,8 +144,19 @@ def ensure(log: Path | None = None) -> Path:
             os.rename(work, final)
         finally:
             if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+                _remove_build_dir(work)
     return final
+
+
+def _remove_build_dir(path: Path) -> None:
+    """Remove an unfinished build; an interrupted debootstrap can leave /proc or /sys mounted in
+    it, and those are unmounted first so the removal never reaches into them."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(argv: list[str], log: Path, step: str, timeout: float = BUILD_TIMEOUT) -> None:
