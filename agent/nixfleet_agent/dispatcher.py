@@ -80,11 +80,12 @@ class Dispatcher:
 
     def _kill(self, signal_name: str, pid: int) -> None:
         with self._lock:
-            current, tracked = self._current, self._pid
+            current, tracked, detached = self._current, self._pid, self._detached
         say = self._say_for(current or "kill")
         target = pid or tracked
         if not target:
-            say("⚠️ No command running to kill")
+            say(f"⚠️ {current} runs in the privileged root unit; the agent cannot signal it" if detached
+                else "⚠️ No command running to kill")
             return
         if pid and pid != tracked:
             say(f"❌ Refusing to kill PID {pid}: it is not the running command (PID {tracked or 'none'})")
@@ -105,13 +106,16 @@ class Dispatcher:
 
     def stop(self) -> None:
         with self._lock:
-            current, pid = self._current, self._pid
-            if current is not None and pid is None:
+            current, pid, detached = self._current, self._pid, self._detached
+            if current is not None and pid is None and not detached:
                 self._cancel = True  # between steps: the job's next child is not started
                 self._signal = signal.SIGTERM
         reporter = self.ctx.reporter
         if current is None:
             reporter.status("stop", "error", 1, "no command running")
+            return
+        if pid is None and detached:
+            reporter.status("stop", "error", 1, f"{current} runs in the privileged root unit and cannot be stopped")
             return
         if pid is None:
             reporter.status("stop", "ok", 0, f"stop requested: {current} stops before its next step")
@@ -270,7 +274,7 @@ class _Tracker:
     def track(self, pid: int | None, detached: bool = False) -> None:
         with self._d._lock:
             if self._mine():
-                self._d._pid, self._d._detached = pid, detached and pid is not None
+                self._d._pid, self._d._detached = pid, detached
 
     def release(self) -> None:
         if self._job is None:

@@ -115,14 +115,23 @@ def test_privileged_launcher_request_and_result(session, tmp_path: Path) -> None
         out = priv / data["id"]
         out.mkdir()
         (out / "output.log").write_text("building the system configuration...\nactivating the configuration...\n")
+        release.wait(10)
         tmp = out / "result.tmp"
         tmp.write_text(json.dumps({"id": data["id"], "action": data["action"], "exit_code": 0,
                                    "finished_at": "2026-11-21T00:00:00Z"}))
         tmp.rename(out / "result.json")
 
+    release = threading.Event()
     worker = threading.Thread(target=root_unit)
     worker.start()
-    status, records = session.run("switch")
+    mark = session.send("switch")
+    session.dash.wait_message("output", since=mark, where=lambda r: r.payload["line"] == "activating the configuration...")
+    stop_mark = session.send("stop")  # root's process: not the agent's to signal
+    stop = session.status_of("stop", stop_mark).payload
+    assert stop["status"] == "error" and "privileged root unit" in stop["message"]
+    release.set()
+    status = session.status_of("switch", mark).payload
+    records = session.dash.messages(since=mark)
     worker.join()
     assert status["status"] == "ok"
     (req,) = seen
