@@ -41,7 +41,8 @@ NO_NEG_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
 def _base(job: Job) -> list[str]:
     cfg = job.ctx.cfg
     argv = list(cfg.rebuild_command)
-    if cfg.platform in ("nixos", "darwin") and cfg.switch_launcher != "privileged" and os.geteuid() != 0:
+    privileged = cfg.switch_launcher == "privileged" and cfg.platform == "nixos"
+    if cfg.platform in ("nixos", "darwin") and not privileged and os.geteuid() != 0:
         argv = ["sudo", "-n", *argv]
     return argv
 
@@ -117,8 +118,10 @@ def pull_switch(job: Job) -> None:
 def force_update(job: Job) -> None:
     job.say("🚀 Force update: pull, update flake inputs, rebuild without negative cache")
     job.say("━━━ Step 1/3: Git pull ━━━")
-    if pull_steps(job) != 0:
-        job.status("error", 1, "git pull failed")
+    code = pull_steps(job)
+    if code != 0:
+        if not job.stopped_status(Result(code)):
+            job.status("error", code, "git pull failed")
         return
     job.say("━━━ Step 2/3: nix flake update ━━━")
     repo = job.ctx.repo
@@ -188,7 +191,8 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
 
 def _new_operation(job: Job, action: str, argv: list[str]) -> operations.Operation:
     cfg = job.ctx.cfg
-    launcher = "privileged" if cfg.switch_launcher == "privileged" else "detached"
+    # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
+    launcher = "privileged" if cfg.switch_launcher == "privileged" and cfg.platform == "nixos" else "detached"
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
     repo = job.ctx.repo
     return operations.Operation(
