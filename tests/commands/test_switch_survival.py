@@ -138,3 +138,22 @@ def test_privileged_launcher_request_and_result(session, tmp_path: Path) -> None
     assert req["action"] == "switch" and req["flake_attr"] == HOST and len(req["commit"]) == 40
     assert oct((state / "privileged").stat().st_mode & 0o777) == "0o700"
     assert "activating the configuration..." in session.lines(records)
+
+
+def test_home_manager_boots_the_agent_out_mid_switch(session) -> None:
+    """macOS: activation runs `launchctl bootout` on the agent; the switch must finish anyway and
+    the agent launchd starts next must report it (upstream P1920)."""
+    session.start(NIXFLEET_PLATFORM="home-manager")
+    first = session.agent
+    session.shims.set("bootout_pid", first.pid)
+    mark = session.send("switch")
+    first.wait(15)  # SIGTERM from the "bootout": a graceful stop, no status for the unfinished switch
+    assert not _statuses(session.dash)
+    session.shims.clear("bootout_pid")
+    mark2 = session.dash.mark()
+    session.start(NIXFLEET_PLATFORM="home-manager")  # launchd bootstraps the agent again
+    status = session.status_of("switch", mark2).payload
+    assert status["status"] == "ok", status
+    lines = session.lines(session.dash.messages(since=mark))
+    assert "after bootout 2" in lines and "Activation finished" in lines
+    assert len(_statuses(session.dash)) == 1
