@@ -8,6 +8,7 @@ backoff and would measure a different thing.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 
@@ -53,53 +54,87 @@ def run_baselines(figs: Figures, runs: int) -> None:
             anon.add(rss_anon / 1024)
 
 
+class _Scheme:
+    """One idle agent: its figures, its dashboard, its CPU counters at the window's start."""
+
+    def __init__(self, figs: Figures, ws: h.Workspace, window: float, down_for: float, tls: h.TlsFiles | None) -> None:
+        s = self.scheme = "wss" if tls else "ws"
+        w = f"{window:.0f} s"
+        self.ws, self.tls = ws, tls
+        self.rss = figs.get(f"idle_rss_{s}", f"idle RSS, registered, {s}://, end of {w}", "MiB", 22)
+        self.anon = figs.get(f"idle_rss_anon_{s}", f"  of which RssAnon ({s}://)", "MiB")
+        self.peak = figs.get(f"idle_rss_peak_{s}", f"idle RSS peak in the {w} ({s}://, 2 samples/s)", "MiB")
+        self.hwm = figs.get(f"idle_hwm_{s}", f"VmHWM since start, clone included ({s}://)", "MiB")
+        self.cpu = figs.get(f"idle_cpu_{s}", f"idle CPU over {w}, utime+stime ({s}://)", "% core", 0.1)
+        self.cpu_ns = figs.get(f"idle_cpu_sched_{s}", f"idle CPU over {w}, schedstat ns ({s}://)", "% core")
+        self.beats = figs.get(f"idle_heartbeats_{s}", f"heartbeats received in the {w} ({s}://)", "count")
+        self.threads = figs.get(f"idle_threads_{s}", f"agent threads when idle ({s}://)", "count")
+        self.rec_reg = figs.get(f"reconnect_register_{s}",
+                                f"dashboard back → register received ({down_for:.0f} s outage, {s}://)", "ms")
+        self.rec_ack = figs.get(f"reconnect_registered_{s}",
+                                f"dashboard back → agent registered ({down_for:.0f} s outage, {s}://)", "ms", 2000)
+        self.down_for = down_for
+        self.dash = h.new_dashboard(tls)
+
+    def agent(self) -> "contextlib.AbstractContextManager[h.Agent]":
+        extra = {"NIXFLEET_CA_FILE": str(self.tls.cert)} if self.tls else {}
+        return h.running_agent(self.dash, self.ws, **extra)
+
+    def begin(self, agent: h.Agent) -> None:
+        # the window starts at the first heartbeat, so startup work is not counted as idle
+        h.wait_record(self.dash, "heartbeat", since=agent.dash_mark, timeout=15)
+        self.mark = self.dash.mark()
+        self.c0, self.n0, self.t0 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
+        self.sampler = procfs.RssSampler(agent.pid, period=0.5).__enter__()
+
+    def end(self, agent: h.Agent) -> None:
+        c1, n1, t1 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
+        self.sampler.__exit__()
+        self.rss.add(procfs.rss_kib(agent.pid) / 1024)
+        self.anon.add(procfs.status_kib(agent.pid, "RssAnon") / 1024)
+        self.peak.add(self.sampler.peak_kib / 1024)
+        self.hwm.add(procfs.hwm_kib(agent.pid) / 1024)
+        self.cpu.add(100 * (c1 - self.c0) / (t1 - self.t0))
+        self.cpu_ns.add(100 * (n1 - self.n0) / 1e9 / (t1 - self.t0))
+        self.beats.add(len(self.dash.messages("heartbeat", since=self.mark)))
+        self.threads.add(procfs.threads(agent.pid))
+
+    def reconnect(self, agent: h.Agent) -> None:
+        """Crash the dashboard (no close frame), bring it back on the same port, time the way back."""
+        log_mark, rec_mark = agent.mark(), self.dash.mark()
+        self.dash.stop()
+        time.sleep(self.down_for)
+        self.dash.start()
+        back = time.monotonic()
+        reg = h.wait_record(self.dash, "register", since=rec_mark, timeout=90)
+        ack = agent.wait_log("event=registered", since=log_mark, timeout=90)
+        self.rec_reg.add(1000 * (reg.t - back))
+        self.rec_ack.add(1000 * (ack.t - back))
+
+    def summary(self) -> str:
+        return (f"{self.scheme}:// rss {self.rss.samples[-1]:.1f} MiB, cpu {self.cpu_ns.samples[-1]:.3f} %, "
+                f"reconnect {self.rec_ack.samples[-1]:.0f} ms")
+
+
 def run_idle(figs: Figures, ws: h.Workspace, runs: int, window: float, down_for: float,
-             tls: h.TlsFiles | None = None) -> None:
-    scheme = "wss" if tls else "ws"
-    w = f"{window:.0f} s"
-    rss = figs.get(f"idle_rss_{scheme}", f"idle RSS, registered, {scheme}://, end of {w}", "MiB", 22)
-    anon = figs.get(f"idle_rss_anon_{scheme}", f"  of which RssAnon ({scheme}://)", "MiB")
-    peak = figs.get(f"idle_rss_peak_{scheme}", f"idle RSS peak in the {w} ({scheme}://, 2 samples/s)", "MiB")
-    hwm = figs.get(f"idle_hwm_{scheme}", f"VmHWM since start, clone included ({scheme}://)", "MiB")
-    cpu = figs.get(f"idle_cpu_{scheme}", f"idle CPU over {w}, utime+stime ({scheme}://)", "% core", 0.1)
-    cpu_ns = figs.get(f"idle_cpu_sched_{scheme}", f"idle CPU over {w}, schedstat ns ({scheme}://)", "% core")
-    beats = figs.get(f"idle_heartbeats_{scheme}", f"heartbeats received in the {w} ({scheme}://)", "count")
-    threads = figs.get(f"idle_threads_{scheme}", f"agent threads when idle ({scheme}://)", "count")
-    rec_reg = figs.get(f"reconnect_register_{scheme}",
-                       f"dashboard back → register received ({down_for:.0f} s outage, {scheme}://)", "ms")
-    rec_ack = figs.get(f"reconnect_registered_{scheme}",
-                       f"dashboard back → agent registered ({down_for:.0f} s outage, {scheme}://)", "ms", 2000)
-    extra = {"NIXFLEET_CA_FILE": str(tls.cert)} if tls else {}
-    dash = h.new_dashboard(tls)
+             tls: h.TlsFiles | None) -> None:
+    """ws:// and (with a certificate) wss:// agents idle side by side, each on its own dashboard."""
+    schemes = [_Scheme(figs, ws, window, down_for, None)]
+    if tls is not None:
+        schemes.append(_Scheme(figs, ws, window, down_for, tls))
     try:
         for n in range(runs):
-            with h.running_agent(dash, ws, **extra) as agent:
-                # the window starts at the first heartbeat, so startup work is not counted as idle
-                h.wait_record(dash, "heartbeat", since=agent.dash_mark, timeout=15)
-                mark = dash.mark()
-                c0, n0, t0 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
-                with procfs.RssSampler(agent.pid, period=0.5) as sampler:
-                    time.sleep(window)
-                c1, n1, t1 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
-                rss.add(procfs.rss_kib(agent.pid) / 1024)
-                anon.add(procfs.status_kib(agent.pid, "RssAnon") / 1024)
-                peak.add(sampler.peak_kib / 1024)
-                hwm.add(procfs.hwm_kib(agent.pid) / 1024)
-                cpu.add(100 * (c1 - c0) / (t1 - t0))
-                cpu_ns.add(100 * (n1 - n0) / 1e9 / (t1 - t0))
-                beats.add(len(dash.messages("heartbeat", since=mark)))
-                threads.add(procfs.threads(agent.pid))
-                # recovery: crash the dashboard (no close frame), bring it back on the same port
-                log_mark, rec_mark = agent.mark(), dash.mark()
-                dash.stop()
-                time.sleep(down_for)
-                dash.start()
-                back = time.monotonic()
-                reg = h.wait_record(dash, "register", since=rec_mark, timeout=90)
-                ack = agent.wait_log("event=registered", since=log_mark, timeout=90)
-                rec_reg.add(1000 * (reg.t - back))
-                rec_ack.add(1000 * (ack.t - back))
-            print(f"  idle {scheme}:// run {n + 1}/{runs}: rss {rss.samples[-1]:.1f} MiB, cpu {cpu_ns.samples[-1]:.3f} %,"
-                  f" reconnect {rec_ack.samples[-1]:.0f} ms (load {h.loadavg():.1f})", flush=True)
+            with contextlib.ExitStack() as stack:
+                agents = [stack.enter_context(s.agent()) for s in schemes]
+                for scheme, agent in zip(schemes, agents):
+                    scheme.begin(agent)
+                time.sleep(window)
+                for scheme, agent in zip(schemes, agents):
+                    scheme.end(agent)
+                for scheme, agent in zip(schemes, agents):
+                    scheme.reconnect(agent)
+            print(f"  idle run {n + 1}/{runs}: " + "; ".join(s.summary() for s in schemes)
+                  + f" (load {h.loadavg():.1f})", flush=True)
     finally:
-        dash.close()
+        for scheme in schemes:
+            scheme.dash.close()

@@ -104,6 +104,9 @@ def machine() -> dict[str, object]:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", ""
     version = (AGENT_SRC / "nixfleet_agent" / "VERSION").read_text().strip()
+    if AGENT_SRC != REPO_ROOT / "agent":
+        commit = f"agent sources from {AGENT_SRC} (not this checkout)"
+        dirty = ""
     import websocket  # the version that decides the idle footprint
 
     return {
@@ -249,12 +252,50 @@ def start_agent(env: Mapping[str, str], *, pty: bool = False) -> Agent:
     return agent
 
 
+class Watch:
+    """Events set from the dashboard's receive path, so the bench can wait for "the status arrived"
+    without re-scanning 200,000 records on every frame (which would steal the dashboard's GIL time
+    and measure the bench instead of the agent)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waits: list[tuple[Callable[[Record], bool], threading.Event, list[Record]]] = []
+
+    def expect(self, predicate: Callable[[Record], bool]) -> tuple[threading.Event, list[Record]]:
+        """Register before acting; the event is set (and the record kept) on the first match."""
+        event, found = threading.Event(), []
+        with self._lock:
+            self._waits.append((predicate, event, found))
+        return event, found
+
+    def __call__(self, record: Record) -> None:
+        if not self._waits:
+            return
+        with self._lock:
+            for entry in list(self._waits):
+                predicate, event, found = entry
+                if predicate(record):
+                    found.append(record)
+                    event.set()
+                    self._waits.remove(entry)
+
+
+def wait_event(event: threading.Event, found: list[Record], what: str, timeout: float) -> Record:
+    if not event.wait(timeout):
+        raise TimeoutError(f"no {what} within {timeout} s")
+    return found[0]
+
+
 def new_dashboard(tls: "TlsFiles | None" = None) -> Dashboard:
+    """The reference dashboard on a free loopback port; ``dash.watch`` is its :class:`Watch`."""
     context = None
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls.cert, tls.key)
-    return Dashboard(token=TOKEN, ssl_context=context).start()
+    watch = Watch()
+    dash = Dashboard(token=TOKEN, ssl_context=context, on_record=watch).start()
+    dash.watch = watch  # type: ignore[attr-defined]
+    return dash
 
 
 @dataclass
