@@ -62,10 +62,11 @@ class Reporter:
             generation = self._generation()
         except Exception:  # noqa: BLE001 - a git hiccup must not cost us the final status
             generation = ""
-        self._put("status", protocol.status(command, status, exit_code, message, generation), command)
+        # persisted before it is queued: once the dashboard has it, `nixfleet-agent status` must agree
         if self._status is not None:
             self._status.record_command(command, status, exit_code, message)
         _log.info("command_finished", command=command, status=status, exit_code=exit_code, message=message)
+        self._put("status", protocol.status(command, status, exit_code, message, generation), command)
 
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self._put("operation_progress", protocol.operation_progress(phase, current, total, status))
