@@ -85,6 +85,11 @@ class Session:
         status = self.status_of(command, mark, timeout)
         return status.payload, self.dash.messages(since=mark)[: status.index - mark + 1]
 
+    def wait_reregistered(self, since: int) -> None:
+        """After a successful switch the agent registers again; the dashboard waits for that."""
+        self.dash.wait_message("register", since=since, timeout=10)
+        self.dash.wait_message("heartbeat", since=self.dash.mark(), timeout=5)
+
     def lines(self, records: list[Any], command: str | None = None) -> list[str]:
         return [r.payload["line"] for r in records if r.type == "output"
                 and (command is None or r.payload.get("command") == command)]

@@ -71,9 +71,10 @@ def test_home_manager_switch_restarts_only_when_agent_package_changed(session, t
     link.parent.mkdir(parents=True)
     link.symlink_to(old)
     session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_RESTART_EXIT_CODE="0")
-    status, _ = session.run("switch")  # package unchanged: stays, re-registers
-    assert status["status"] == "ok"
+    mark = session.send("switch")  # package unchanged: stays, re-registers
+    assert session.status_of("switch", mark).payload["status"] == "ok"
     assert session.shims.calls("home-manager")[-1]["argv"][:2] == ["switch", "--flake"]
+    session.wait_reregistered(mark)  # as the dashboard does
     assert session.agent.running()
     session.shims.set("swap_agent", str(new))
     mark = session.send("switch")

@@ -44,12 +44,12 @@ def test_pull_switch_stops_when_the_pull_fails(session, fleet_repo, tmp_path: Pa
 
 def test_force_rebuild_and_force_update_disable_the_negative_cache(session) -> None:
     session.start()
+    mark = session.dash.mark()
     status, records = session.run("force-rebuild")
     assert status["status"] == "ok"
     argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
     assert argv[:2] == ["switch", "--flake"] and argv[-3:] == ["--option", "narinfo-cache-negative-ttl", "0"]
-    session.dash.wait_for(lambda: session.dash.connected(HOST), timeout=10)
-    session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+    session.wait_reregistered(mark)
     status, records = session.run("force-update", timeout=60)
     assert status["status"] == "ok" and status["message"] == "force update complete", status
     lines = session.lines(records)

@@ -46,6 +46,7 @@ def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> N
     state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
     root = RootUnit(state, out_dir, session.agent.env)
     try:
+        mark = session.dash.mark()
         status, records = session.run("switch", timeout=30)
         assert status["status"] == "ok", (status, session.lines(records))
         head = git(state / "repo", "rev-parse", "HEAD")
@@ -53,8 +54,7 @@ def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> N
         assert call["argv"][0] == "switch" and call["argv"][-1].endswith(f"?rev={head}#{HOST}")
         assert "activating the configuration..." in session.lines(records)
         assert not session.shims.calls("sudo")  # no sudo anywhere on this path
-        session.dash.wait_for(lambda: session.dash.connected(HOST), timeout=10)
-        session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+        session.wait_reregistered(mark)
         session.shims.set("rebuild_exit", 5)
         status, records = session.run("rollback", timeout=30)
         assert status["status"] == "error" and status["exit_code"] == 5, status
