@@ -15,7 +15,7 @@ import pytest
 from dashboard import (
     Dashboard,  # tests/dashboard.py (tests/conftest.py puts tests/ on sys.path)
 )
-from systier import agenthost, agentwheel, gitserver
+from systier import agenthost, agentwheel, gitserver, units
 from systier.agenthost import (
     AGENT_UNIT,
     PATH_UNIT,
@@ -75,6 +75,17 @@ def status_field(box: Container, pid: int, name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- the agent unit
+
+
+def test_installed_units_are_the_golden_ones_but_for_store_paths(host: AgentHost, golden_dir: Path) -> None:
+    """What runs here is what NixOS runs: every line without a store path is unchanged."""
+    for path in units.golden_units(golden_dir):
+        golden = path.read_text().splitlines()
+        installed = host.box.read_file(f"/etc/systemd/system/{path.name}").splitlines()
+        assert len(installed) == len(golden), path.name
+        changed = [(g, i) for g, i in zip(golden, installed) if g != i and "/nix/store/" not in g]
+        assert changed == [], f"{path.name}: lines changed beyond store paths: {changed}"
+        assert not any("/nix/store/" in line for line in installed), f"{path.name}: store path left"
 
 
 def test_agent_registers_and_heartbeats(
@@ -211,15 +222,20 @@ def test_switch_that_changes_the_agent_restarts_it(
                       where=lambda r: str(r.payload.get("line", "")).startswith("nixos-rebuild-shim step 1/"))
     # what a switch installing a new agent package does on NixOS: a new unit definition
     unit = f"/etc/systemd/system/{AGENT_UNIT}"
-    box.write_file(unit, box.read_file(unit) + "# new agent package\n")
+    original = box.read_file(unit)
+    box.write_file(unit, original + "# new agent package\n")
     box.systemctl("daemon-reload")
-    status = dash.wait_message("status", HOST, since=since, timeout=60,
-                               where=lambda r: r.payload.get("command") == "pull-switch")
-    assert status.payload["exit_code"] == 0, status.payload
-    new_pid = wait_for(lambda: (p := int(box.show(AGENT_UNIT, "MainPID") or 0)) not in (0, pid) and p,
-                       40, "the agent to restart after a switch that changed it", detail=lambda: box.journal(AGENT_UNIT))
-    assert new_pid != pid
-    dash.wait_message("register", HOST, since=status.index + 1, timeout=30)
+    try:
+        status = dash.wait_message("status", HOST, since=since, timeout=60,
+                                   where=lambda r: r.payload.get("command") == "pull-switch")
+        assert status.payload["exit_code"] == 0, status.payload
+        new_pid = wait_for(lambda: (p := int(box.show(AGENT_UNIT, "MainPID") or 0)) not in (0, pid) and p, 40,
+                           "the agent to restart after a switch that changed it", detail=lambda: box.journal(AGENT_UNIT))
+        assert new_pid != pid
+        dash.wait_message("register", HOST, since=status.index + 1, timeout=30)
+    finally:
+        box.write_file(unit, original)
+        box.systemctl("daemon-reload")
 
 
 def test_switch_survives_the_agent_being_stopped(
