@@ -291,16 +291,20 @@ def follow(
     splitter = LineSplitter(emit)
     saved_at = time.monotonic()
     dirty = False
+    unreadable = False
     fh = None
     waited_since = time.monotonic()
     try:
         while True:
-            if fh is None:
+            if fh is None and not unreadable:
                 try:
                     fh = open(log_path, "rb")  # noqa: SIM115 - kept open across turns, closed in finally
                     fh.seek(offset)
                 except FileNotFoundError:
                     fh = None
+                except OSError as exc:  # e.g. a root-only log: report once, then wait for the result only
+                    unreadable = True
+                    emit(f"(cannot read {log_path}: {exc.strerror or exc}; waiting for the result only)")
             data = fh.read(CHUNK) if fh is not None else b""
             if data:
                 splitter.feed(data)
@@ -315,6 +319,8 @@ def follow(
                 saved_at, dirty = time.monotonic(), False
             result = read_result(result_path)
             if result is not None:
+                if fh is None and not unreadable and log_path.exists():  # created after our last attempt
+                    continue
                 if fh is not None and fh.read(1):  # written between our last read and the result
                     fh.seek(-1, os.SEEK_CUR)
                     continue
