@@ -39,7 +39,7 @@ from typing import Protocol
 
 from . import log as logmod
 from .oplog import ensure_private_dir, logs_dir
-from .runner import CHUNK, LineSplitter, Result
+from .runner import CHUNK, LineSplitter, Result, child_env
 
 _log = logmod.get("operations")
 
@@ -224,7 +224,7 @@ class DetachedLauncher:
         proc = subprocess.Popen(
             [sys.executable, "-c", WRAPPER, op.result_path, op.log_path, op.cwd, *op.argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, env=child_env(),
         )
         return proc.pid
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+SECRET_ENV = ("NIXFLEET_TOKEN",)  # never handed to a child (test scripts come from the fleet repo)
 MAX_LINE = 16 * 1024  # bytes per output line, marker included
 MARKER_ROOM = 64
 CHUNK = 64 * 1024
@@ -161,6 +162,11 @@ def wait_exit_without_reaping(pid: int) -> bool:
     return False
 
 
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) without the agent's secrets."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in SECRET_ENV}
+
+
 def _pty_pair() -> tuple[int, int]:
     master, slave = os.openpty()
     attrs = termios.tcgetattr(slave)
@@ -211,12 +217,12 @@ def run(
             master, slave = _pty_pair()
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
-                cwd=cwd, env=None if env is None else dict(env), start_new_session=True,
+                cwd=cwd, env=child_env(env), start_new_session=True,
             )
         else:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=cwd, env=None if env is None else dict(env), start_new_session=True, bufsize=0,
+                cwd=cwd, env=child_env(env), start_new_session=True, bufsize=0,
             )
     except (OSError, ValueError) as exc:
         for fd in (master, slave):

@@ -30,6 +30,14 @@ def test_an_early_failure_fails_the_run(session, fleet_repo) -> None:
     assert "progress:tests:error" in kinds(records)
 
 
+def test_scripts_do_not_get_the_agent_token(session, fleet_repo) -> None:
+    add_tests(fleet_repo, {"T01-env.sh": 'echo "token=${NIXFLEET_TOKEN:-unset} host=${NIXFLEET_HOSTNAME}"'})
+    session.start()
+    status, records = session.run("test")
+    assert status["status"] == "ok"
+    assert "token=unset host=test-host" in session.lines(records)
+
+
 def test_no_tests_is_success(session) -> None:
     session.start()
     status, records = session.run("test")
