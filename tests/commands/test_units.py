@@ -128,3 +128,21 @@ def test_operation_from_before_the_last_boot_counts_as_interrupted() -> None:
     new = operations.Operation(id="y", command="switch", action="switch", argv=[], launcher="detached",
                                log_path="l", result_path="r")
     assert operations.interrupted_by_reboot(old) and not operations.interrupted_by_reboot(new)
+
+
+def test_restart_decision_follows_the_service_definition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    old_unit, new_unit = store / "aaaa-unit-nixfleet-agent.service", store / "bbbb-unit-nixfleet-agent.service"
+    old_unit.write_text("ExecStart=/nix/store/aaaa-nixfleet-agent/bin/nixfleet-agent\n")
+    new_unit.write_text("ExecStart=/nix/store/bbbb-nixfleet-agent/bin/nixfleet-agent\n")
+    unit = tmp_path / "etc" / "nixfleet-agent.service"
+    unit.parent.mkdir()
+    unit.symlink_to(old_unit)
+    monkeypatch.setattr(agentpkg, "_UNIT_FILES", (str(unit),))
+    before = agentpkg.fingerprint("nixos")
+    assert before.startswith("service:")
+    assert agentpkg.restart_needed("nixos", before) == (False, "agent service definition unchanged")
+    unit.unlink()
+    unit.symlink_to(new_unit)  # what switch-to-configuration does to /etc/systemd/system
+    assert agentpkg.restart_needed("nixos", before) == (True, "the agent's service definition changed")

@@ -1,13 +1,17 @@
 """Where the *installed* agent is, and whether a switch changed it.
 
-Why: after a successful switch the agent must restart itself only when its own package changed
-(otherwise re-registering is enough for the dashboard). The running package is
-``freshness.store_path()``; the installed one is what the service manager will start next, found
-like upstream's ``check-version`` does (profile bins, then ``PATH``). On a Nix install both are
-``/nix/store/<hash>-…`` roots and comparing them is exact. Elsewhere (dev installs, tests) we
-compare a fingerprint (resolved paths + bytes hash of the installed entry point and of the service
-definition) taken before the switch with one taken after. When nothing can be found at all we
-restart, which is upstream's behaviour and merely costs a reconnect.
+Why: after a successful switch the agent must restart itself only when what the service manager
+would start differs from what runs (otherwise re-registering is enough for the dashboard).
+
+1. The service definition (NixOS unit, Home Manager launchd plist or user unit) names the agent's
+   package and config file by store path; if one exists, a switch that changed its resolved path
+   or content means "restart". This is exact on Nix installs and also catches config changes,
+   which need a restart too (the NixOS unit has ``restartIfChanged = false``).
+2. Without one, the installed ``nixfleet-agent`` (found like upstream's ``check-version``: profile
+   bins, then ``PATH``) resolved to its ``/nix/store`` root is compared with the running
+   package's ``freshness.store_path()``; outside the store, a fingerprint of that entry point taken
+   before the switch is compared with one taken after (dev installs, tests).
+3. When nothing can be found at all the agent restarts: upstream's behaviour, it costs a reconnect.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from pathlib import Path
 from .. import freshness
 
 _UNIT_FILES = (
-    "/etc/systemd/system/nixfleet-agent.service",
-    "~/Library/LaunchAgents/com.nixfleet.agent.plist",
-    "~/Library/LaunchAgents/org.nix-community.home.nixfleet-agent.plist",
+    "/etc/systemd/system/nixfleet-agent.service",  # NixOS module (a symlink into the store)
+    "~/Library/LaunchAgents/com.nixfleet.agent.plist",  # Home Manager module on macOS
+    "~/.config/systemd/user/nixfleet-agent.service",  # Home Manager on Linux
 )
 
 
@@ -73,12 +77,13 @@ def _describe(path: Path) -> str:
     return f"{path}={real}@{digest}"
 
 
-def fingerprint(platform: str) -> str:
-    """Resolved path + content hash of the installed entry point and service definition ("" if none)."""
+def service_fingerprint() -> str:
+    """Resolved path + content hash of the service definition the service manager starts next.
+
+    It names the agent's package (ExecStart / ProgramArguments) and its config file, so it changes
+    exactly when the agent must restart to run what the switch installed.
+    """
     parts = []
-    agent = installed_agent(platform)
-    if agent is not None:
-        parts.append(_describe(agent))
     for unit in _UNIT_FILES:
         path = Path(os.path.expanduser(unit))
         if path.exists():
@@ -86,8 +91,23 @@ def fingerprint(platform: str) -> str:
     return ";".join(parts)
 
 
+def fingerprint(platform: str) -> str:
+    """What a switch is compared against: the service definition if there is one, else the
+    installed entry point ("" when neither exists)."""
+    service = service_fingerprint()
+    if service:
+        return "service:" + service
+    agent = installed_agent(platform)
+    return "agent:" + _describe(agent) if agent is not None else ""
+
+
 def restart_needed(platform: str, before: str) -> tuple[bool, str]:
     """(restart?, why) after a successful switch; ``before`` is :func:`fingerprint` from its start."""
+    after = fingerprint(platform)
+    if before.startswith("service:") or after.startswith("service:"):
+        if before != after:
+            return True, "the agent's service definition changed"
+        return False, "agent service definition unchanged"
     agent = installed_agent(platform)
     running = freshness.store_path()
     if agent is not None:
@@ -96,7 +116,6 @@ def restart_needed(platform: str, before: str) -> tuple[bool, str]:
             if root != running:
                 return True, f"installed agent {root} differs from running {running}"
             return False, f"agent package unchanged ({running})"
-    after = fingerprint(platform)
     if not before and not after:
         return True, "cannot locate the installed agent; restarting to be safe"
     if before != after:
