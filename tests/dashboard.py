@@ -333,6 +333,12 @@ class Dashboard:
         if conn is not None:
             self._loop.call_soon_threadsafe(conn.transport.pause_reading)  # type: ignore[union-attr]
 
+    def thaw(self, host: str | None = None) -> None:
+        """Undo freeze(): read the host's socket again (buffered frames are then processed)."""
+        conn = self._conn_for(host)
+        if conn is not None:
+            self._loop.call_soon_threadsafe(conn.transport.resume_reading)  # type: ignore[union-attr]
+
     # ------------------------------------------------------------------ queries
     def messages(self, kind: str | None = None, host: str | None = None, since: int = 0) -> list[Record]:
         with self._cond:

@@ -23,7 +23,7 @@ from .connection import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
 from .outbox import Message, Outbox
 from .reporter import Reporter
-from .status import StatusStore, ensure_private_dir
+from .status import StatusStore, ensure_private_dir, now_rfc3339
 
 _log = log.get("agent")
 
@@ -58,7 +58,7 @@ class Agent:
             self.outbox,
             build_register=lambda: protocol.encode("register", self.heartbeat.register_payload()),
             on_message=self._on_message,
-            on_registered=self._hb_wake.set,
+            on_registered=self._registered,
             stop=self.stop_event,
         )
         self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit)
@@ -110,6 +110,10 @@ class Agent:
                 self.reporter.output("kill", "⚠️ No command running to kill", "stderr")
             else:
                 self.dispatcher.on_kill(message.signal, message.pid)
+
+    def _registered(self) -> None:
+        self._hb_wake.set()  # first heartbeat right away, not one interval later
+        self.status.note("last_registration", now_rfc3339())
 
     def _exit(self, code: int) -> None:
         _log.info("exit_requested", code=code)

@@ -155,6 +155,7 @@ def _human(state: dict[str, Any]) -> str:
         entry = compartments.get(name) or {}
         lines.append(f"  {name:<7} {entry.get('status') or 'unknown':<9} {entry.get('message', '')}")
     extras = state.get("extras") or {}
+    lines.insert(2, f"last registered with the dashboard: {extras.get('last_registration') or 'never'}")
     if extras.get("repo_error"):
         lines.append(f"repository problem: {extras['repo_error']}")
     if state.get("logs"):

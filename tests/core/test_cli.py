@@ -76,6 +76,8 @@ def test_status_shows_last_command(dashboard, start_agent, agent_env):
     human = run_cli(["status"], agent_env())
     assert human.returncode == 0
     assert "last command: refresh-git -> ok (exit 0)" in human.stdout
+    assert state["extras"]["last_registration"].endswith("Z")
+    assert "last registered with the dashboard: 20" in human.stdout
 
 
 def test_status_works_without_valid_config(tmp_path):

@@ -105,3 +105,32 @@ def test_command_output_across_a_disconnect_arrives_complete(dashboard, fleet_re
     last_output = [r for r in dashboard.messages("output") if r.payload["command"] == "test"][-1]
     assert status.index > last_output.index
     assert agent.running() and os.path.exists(agent.log_path)
+
+
+def test_full_outbox_blocks_the_producer_while_connected_and_loses_nothing(dashboard, tmp_path):
+    """A dashboard that reads slowly back-pressures the command instead of costing lines or memory."""
+    import threading
+
+    lines, size = 3000, 8 * 1024  # 24 MiB: more than the kernel's socket buffers can absorb
+    with Session(dashboard.url, tmp_path, outbox_max=100,
+                 NIXFLEET_PING_INTERVAL="30", NIXFLEET_PING_TIMEOUT="60") as session:
+        wait_for(lambda: session.connection.registered, 10, "registration")
+        dashboard.freeze("inproc")
+        produced = []
+
+        def produce() -> None:
+            for i in range(lines):
+                session.reporter.output("flood", f"{i:06d} " + "z" * size)
+                produced.append(i)
+
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        wait_for(lambda: len(session.outbox) >= 99, 20, "outbox to fill up")
+        assert producer.is_alive() and len(produced) < lines  # blocked, not buffering without bound
+        assert session.outbox.dropped_total == 0
+        dashboard.thaw("inproc")
+        producer.join(60)
+        assert not producer.is_alive()
+        dashboard.wait_for(lambda: len(dashboard.messages("output")) == lines, timeout=60)
+        got = [int(r.payload["line"][:6]) for r in dashboard.messages("output")]
+        assert got == list(range(lines)) and session.outbox.dropped_total == 0
