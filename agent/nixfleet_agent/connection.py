@@ -120,6 +120,10 @@ class Connection:
 
     def reconnect(self) -> None:
         """Close the live socket (1000) and register again right away (switch completion)."""
+        session = self._session
+        if session is None or session.dead.is_set():
+            self._wake.set()  # not connected: skip the rest of the backoff wait and dial now
+            return
         self._reconnect_now.set()
         self._close_session("reconnect")
 
