@@ -9,6 +9,7 @@ starts is PID-tracked (``stop``/``kill`` can reach it, heartbeats show it).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import oplog, runner
+from .. import operations, oplog, runner
 from ..runner import Result
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,14 +63,11 @@ class Job:
         with self._log_lock:
             if self._log is None:
                 state_dir = Path(self.ctx.cfg.state_dir)
-                from ..operations import (
-                    unreported,  # a switch's log must outlive rotation until reported
-                )
-
+                header = f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+                # a switch's log must survive rotation until its result has been reported
+                keep = tuple(op.id for op in operations.unreported(state_dir))
                 try:
-                    self._log = oplog.open_log(state_dir, self.op_id,
-                                               header=f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-                                               protect=tuple(op.id for op in unreported(state_dir)))
+                    self._log = oplog.open_log(state_dir, self.op_id, header=header, protect=keep)
                 except OSError:
                     self._log = oplog.NullLog()
             return self._log
@@ -115,8 +113,7 @@ class Job:
             if pid is not None and timeout:
                 def expire() -> None:
                     fired.append(True)
-                    from ..operations import signal_group
-                    signal_group(pid, 9)
+                    operations.signal_group(pid, signal.SIGKILL)
 
                 timer = threading.Timer(timeout, expire)
                 timer.daemon = True
