@@ -156,6 +156,7 @@ class Connection:
             else:
                 if auth_streak:
                     _log.info("auth_recovered", after_failures=auth_streak)
+                    backoff.reset()  # the maximum was for the rejected token, not for this link
                 auth_streak = 0
                 started = time.monotonic()
                 registered = self._run_session(ws)
