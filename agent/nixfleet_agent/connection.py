@@ -171,8 +171,10 @@ class Connection:
                 else:
                     delay = backoff.next()
                 _log.info("reconnecting", retry_in=round(delay, 1))
+            if self._stop.is_set():
+                break
+            self._wake.wait(delay)  # set by shutdown(), or by reconnect() to dial at once
             self._wake.clear()
-            self._wake.wait(delay)  # also set by shutdown()
 
     def _run_session(self, ws: websocket.WebSocket) -> bool:
         session = _Session(ws)
