@@ -75,7 +75,7 @@ def agent_env(url: str, state_dir: Path, *, token: str | None = TEST_TOKEN, **ov
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(state_dir.parent),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": str(AGENT_SRC),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(AGENT_SRC), os.environ.get("PYTHONPATH", "")) if p),
         "PYTHONUNBUFFERED": "1",
         "NIXFLEET_URL": url,
         "NIXFLEET_HOSTNAME": TEST_HOST,

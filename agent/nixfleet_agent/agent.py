@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import signal
 import threading
 import time
@@ -26,6 +27,7 @@ from .reporter import Reporter
 from .status import StatusStore, ensure_private_dir, now_rfc3339
 
 _log = log.get("agent")
+REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
 
 
 def _optional_module(name: str) -> Any | None:
@@ -63,6 +65,7 @@ class Agent:
         )
         self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit)
         self._threads: list[threading.Thread] = []
+        self._wake_r = self._wake_w = -1
 
     # -- construction of the optional parts ------------------------------------------------------
     def _make_repo(self) -> Any | None:
@@ -74,7 +77,13 @@ class Agent:
         if module is None:
             _log.warn("repo_module_missing", hint="repository management not available in this build")
             return None
-        return module.Repo(self.cfg)
+        return module.Repo(self.cfg, emit=self._repo_emit)
+
+    def _repo_emit(self, line: str, stream: str = "stdout") -> None:
+        """Repository notes (moving a broken clone aside, fetch errors) reach the running command."""
+        dispatcher = getattr(self, "dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.emit(line, stream)
 
     def _make_dispatcher(self) -> Any | None:
         try:
@@ -114,6 +123,9 @@ class Agent:
     def _registered(self) -> None:
         self._hb_wake.set()  # first heartbeat right away, not one interval later
         self.status.note("last_registration", now_rfc3339())
+        notice = self.repo.deprecation_notice() if self.repo is not None else None
+        if notice:  # legacy configRepo: the dashboard's operator must see it, not only the journal
+            self.reporter.output("agent", f"⚠️  {notice}", "stderr")
 
     def _exit(self, code: int) -> None:
         _log.info("exit_requested", code=code)
@@ -123,6 +135,11 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self._hb_wake.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass
 
     # -- threads -----------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -150,17 +167,30 @@ class Agent:
             self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
 
     def _prepare_repo(self) -> None:
+        """Validate or clone before connecting, so the first commands find the clone in place, but
+        only for a bounded time: a slow first clone goes on in the background while the host is
+        already on the dashboard."""
         if self.repo is None:
             return
+        first_attempt = threading.Event()
+        thread = threading.Thread(target=self._repo_prepare_loop, args=(first_attempt,), name="repo-prepare",
+                                  daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        if not first_attempt.wait(REPO_PREPARE_WAIT):
+            _log.warn("repo_prepare_slow", waited_s=REPO_PREPARE_WAIT, hint="connecting while the clone goes on")
+
+    def _repo_prepare_loop(self, first_attempt: threading.Event) -> None:
         try:
             self.repo.ensure()
         except Exception as exc:  # noqa: BLE001 - RepoError or worse: report and retry, never fatal
             self._repo_failed(exc)
-            thread = threading.Thread(target=self._repo_retry_loop, name="repo-retry", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            first_attempt.set()
+            self._repo_retry_loop()
             return
         self._repo_ok()
+        first_attempt.set()
+        self._hb_wake.set()
 
     def _repo_failed(self, exc: BaseException) -> None:
         message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
@@ -220,8 +250,7 @@ class Agent:
         ticker = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         ticker.start()
         self._threads.append(ticker)
-        while not self.stop_event.wait(3600):
-            pass
+        self._wait_for_stop()
         _log.info("stopping", exit_code=self.exit_code)
         if self.connection.registered:
             self.outbox.drain(2.0)  # last output lines; request_exit has already flushed its own
@@ -232,9 +261,28 @@ class Agent:
         _log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
 
+    def _wait_for_stop(self) -> None:
+        """Sleep until stop. A signal may be delivered to any thread; the handler only runs once the
+        main thread wakes, so the main thread sleeps in select() on the signal wake-up pipe instead
+        of in Event.wait(), which such a signal would not interrupt."""
+        if self._wake_r < 0:
+            while not self.stop_event.wait(3600):
+                pass
+            return
+        while not self.stop_event.is_set():
+            select.select([self._wake_r], [], [])
+            try:
+                os.read(self._wake_r, 512)
+            except (BlockingIOError, InterruptedError):
+                pass
+
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
         def handler(signum: int, _frame: object) -> None:
             _log.info("signal", name=signal.Signals(signum).name)

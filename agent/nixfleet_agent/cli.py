@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"FAILED: configuration invalid ({len(exc.problems)} problem(s))")
             return 1
         return EXIT_CONFIG
+    os.environ.pop("NIXFLEET_TOKEN", None)  # held in cfg now: no child process inherits it
     log.setup(cfg.log_level)
     avoid_tls_libraries(cfg.url)
     if command == "check":

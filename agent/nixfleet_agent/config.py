@@ -338,6 +338,11 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     repo_url = values.get("repo_url", "")
     config_repo = values.get("config_repo", "")
     repo_dir = values.get("repo_dir", "")
+    if repo_url and config_repo:
+        problems.append(
+            f"{where('config_repo')}: set either repo_url (the agent's own clone) or the deprecated "
+            f"config_repo (your checkout), not both (got config_repo={_show(config_repo)!r})"
+        )
     if not repo_url and config_repo:
         repo_dir = config_repo  # the deprecated legacy name wins in legacy mode (upstream bug 13)
     if not repo_dir:

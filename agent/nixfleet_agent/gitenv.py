@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from .redact import redact
+
 # argv, env, cwd -> exit code; streams the child's output to the dashboard and the op log.
 RunFn = Callable[[Sequence[str], Mapping[str, str] | None, Path | None], int]
 
@@ -38,9 +40,6 @@ _REPO_LOCATORS = (
     "GIT_PREFIX",
     "GIT_CEILING_DIRECTORIES",
 )
-
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s'\"@]+(?:@[^/\s'\"@]+)*)@")
-
 
 # Lines that name the real cause; git's own "fatal: Could not read from remote repository" does not.
 _ROOT_CAUSES = (
@@ -65,25 +64,6 @@ _ROOT_CAUSES = (
 
 class KeyFileError(Exception):
     """The SSH key is unusable; the message says which file and how to fix it."""
-
-
-def redact(text: str) -> str:
-    """Hide credentials embedded in URLs.
-
-    HTTP(S) userinfo is hidden entirely because hosting services accept a bare token as the user
-    name (``https://TOKEN@host``); for other schemes only a password is hidden, the user name
-    (``ssh://git@host``) is useful when debugging and is not a secret.
-    """
-
-    def repl(match: re.Match[str]) -> str:
-        scheme, userinfo = match.group("scheme"), match.group("userinfo")
-        if scheme.lower().startswith(("http", "ftp")):
-            return f"{scheme}***@"
-        if ":" in userinfo:
-            return f"{scheme}{userinfo.split(':', 1)[0]}:***@"
-        return match.group(0)
-
-    return _URL_USERINFO.sub(repl, text)
 
 
 def url_has_credentials(url: str) -> bool:

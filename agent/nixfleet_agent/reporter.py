@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from . import log, protocol
 from .outbox import Message, Outbox
+from .redact import redact
 from .status import StatusStore
 
 _log = log.get("reporter")
@@ -48,7 +49,7 @@ class Reporter:
         self._outbox.put(Message(kind, protocol.encode(kind, payload), True, command), self._stop)
 
     def output(self, command: str, line: str, stream: str = "stdout") -> None:
-        self._put("output", protocol.output(command, line, stream), command)
+        self._put("output", protocol.output(command, redact(line), stream), command)
 
     def emitter(self, command: str) -> Callable[[str, str], None]:
         """An ``emit(line, stream)`` callable bound to one command, for Repo and helpers."""
@@ -65,6 +66,7 @@ class Reporter:
         # persisted before it is queued: once the dashboard has it, `nixfleet-agent status` must agree
         if self._status is not None:
             self._status.record_command(command, status, exit_code, message)
+        message = redact(message)
         _log.info("command_finished", command=command, status=status, exit_code=exit_code, message=message)
         self._put("status", protocol.status(command, status, exit_code, message, generation), command)
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from .redact import redact
+
 SECRET_ENV = ("NIXFLEET_TOKEN",)  # never handed to a child (test scripts come from the fleet repo)
 MAX_LINE = 16 * 1024  # bytes per output line, marker included
 MARKER_ROOM = 64
@@ -205,6 +207,7 @@ def run(
 
     def emit(stream: str) -> Callable[[str], None]:
         def _emit(line: str) -> None:
+            line = redact(line)  # before the op log too: `nixfleet-agent status` shows it
             if log is not None:
                 log.write(line, stream)
             reporter.output(command, line, stream)

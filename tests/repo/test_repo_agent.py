@@ -43,10 +43,8 @@ def test_legacy_config_repo_warns_at_start_and_at_registration(dashboard, start_
     agent = start_agent(NIXFLEET_REPO_URL="", NIXFLEET_NIXCFG=str(checkout))
     register = dashboard.wait_message("register", host=TEST_HOST, timeout=15)
     assert agent.wait_event("deprecated_config_repo", timeout=5)
-    try:
-        dashboard.wait_message(
-            "output", host=TEST_HOST, since=register.index,
-            where=lambda r: "deprecated" in str(r.payload.get("line", "")), timeout=3,
-        )
-    except TimeoutError:
-        pytest.xfail("agent does not yet send Repo.deprecation_notice() as an output line at registration")
+    notice = dashboard.wait_message(
+        "output", host=TEST_HOST, since=register.index,
+        where=lambda r: "deprecated" in str(r.payload.get("line", "")), timeout=5,
+    )
+    assert notice.payload["stream"] == "stderr"

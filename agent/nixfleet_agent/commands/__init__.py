@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import operations, oplog, runner
+from ..redact import redact
 from ..runner import Result
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +84,7 @@ class Job:
         return oplog.logs_dir(Path(self.ctx.cfg.state_dir)) / f"{self.op_id}.log"
 
     def say(self, line: str, stream: str = "stdout") -> None:
+        line = redact(line)
         self.log.write(line, stream)
         self.ctx.reporter.output(self.name, line, stream)
 
