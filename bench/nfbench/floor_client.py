@@ -11,7 +11,6 @@ import sys
 import time
 
 import websocket
-
 from emit_lines import line
 
 

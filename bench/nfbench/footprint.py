@@ -23,6 +23,10 @@ BASELINES = {
     "baseline_python": ("bare python interpreter", "import sys"),
     "baseline_websocket": ("python + import websocket", "import websocket"),
     "baseline_websocket_notls": ("python + import websocket, OpenSSL blocked (ws://)", BLOCK_TLS + "import websocket"),
+    "baseline_websocket_castore": ("python + import websocket + a TLS context with the system CA store",
+                                   "import websocket, ssl\nc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\nc.load_default_certs()"),
+    "baseline_stdlib_tls": ("python + socket, ssl, hashlib, base64, struct, selectors, threading, json",
+                            "import socket, ssl, hashlib, base64, struct, selectors, threading, json"),
     "baseline_agent_imports": ("python + all agent modules imported, OpenSSL blocked", BLOCK_TLS + AGENT_IMPORTS),
 }
 
@@ -47,7 +51,7 @@ def baseline_kib(code: str) -> tuple[int, int]:
 def run_baselines(figs: Figures, runs: int) -> None:
     for key, (label, code) in BASELINES.items():
         fig = figs.get(key, f"RSS {label}", "MiB")
-        anon = figs.get(key + "_anon", f"  of which RssAnon", "MiB")
+        anon = figs.get(key + "_anon", "  of which RssAnon", "MiB")
         for _ in range(runs):
             rss, rss_anon = baseline_kib(code)
             fig.add(rss / 1024)
@@ -76,9 +80,9 @@ class _Scheme:
         self.down_for = down_for
         self.dash = h.new_dashboard(tls)
 
-    def agent(self) -> "contextlib.AbstractContextManager[h.Agent]":
-        extra = {"NIXFLEET_CA_FILE": str(self.tls.cert)} if self.tls else {}
-        return h.running_agent(self.dash, self.ws, **extra)
+    def agent(self) -> contextlib.AbstractContextManager[h.Agent]:
+        extra = self.tls.agent_env() if self.tls else {}
+        return h.running_agent(self.dash, self.ws, env=extra)
 
     def begin(self, agent: h.Agent) -> None:
         # the window starts at the first heartbeat, so startup work is not counted as idle

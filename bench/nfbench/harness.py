@@ -17,10 +17,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = BENCH_DIR.parent
@@ -29,8 +29,8 @@ TESTS_DIR = REPO_ROOT / "tests"
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from dashboard import Dashboard, Record  # noqa: E402
-from support import git, make_fleet_repo  # noqa: E402
+from dashboard import Dashboard, Record
+from support import git, make_fleet_repo
 
 TOKEN = "bench-token-4d1e"
 HOST = "bench-host"
@@ -252,49 +252,62 @@ def start_agent(env: Mapping[str, str], *, pty: bool = False) -> Agent:
     return agent
 
 
+class Pending:
+    """One awaited record: set from the dashboard's receive path."""
+
+    def __init__(self, predicate: Callable[[Record], bool]) -> None:
+        self.predicate = predicate
+        self.event = threading.Event()
+        self.record: Record | None = None
+
+    def wait(self, what: str, timeout: float) -> Record:
+        if not self.event.wait(timeout) or self.record is None:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        return self.record
+
+
 class Watch:
-    """Events set from the dashboard's receive path, so the bench can wait for "the status arrived"
+    """Waits served from the dashboard's receive path, so the bench can wait for "the status arrived"
     without re-scanning 200,000 records on every frame (which would steal the dashboard's GIL time
     and measure the bench instead of the agent)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waits: list[tuple[Callable[[Record], bool], threading.Event, list[Record]]] = []
+        self._pending: list[Pending] = []
 
-    def expect(self, predicate: Callable[[Record], bool]) -> tuple[threading.Event, list[Record]]:
-        """Register before acting; the event is set (and the record kept) on the first match."""
-        event, found = threading.Event(), []
+    def expect(self, predicate: Callable[[Record], bool]) -> Pending:
+        """Register before acting; the first matching record completes it."""
+        pending = Pending(predicate)
         with self._lock:
-            self._waits.append((predicate, event, found))
-        return event, found
+            self._pending.append(pending)
+        return pending
 
     def __call__(self, record: Record) -> None:
-        if not self._waits:
+        if not self._pending:
             return
         with self._lock:
-            for entry in list(self._waits):
-                predicate, event, found = entry
-                if predicate(record):
-                    found.append(record)
-                    event.set()
-                    self._waits.remove(entry)
+            for pending in [p for p in self._pending if p.predicate(record)]:
+                pending.record = record
+                pending.event.set()
+                self._pending.remove(pending)
 
 
-def wait_event(event: threading.Event, found: list[Record], what: str, timeout: float) -> Record:
-    if not event.wait(timeout):
-        raise TimeoutError(f"no {what} within {timeout} s")
-    return found[0]
+class BenchDashboard(Dashboard):
+    """The reference dashboard, unchanged, with a :class:`Watch` on every received record."""
+
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        context = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls.cert, tls.key)
+        self.watch = Watch()
+        super().__init__(token=TOKEN, ssl_context=context, on_record=self.watch)
 
 
-def new_dashboard(tls: "TlsFiles | None" = None) -> Dashboard:
-    """The reference dashboard on a free loopback port; ``dash.watch`` is its :class:`Watch`."""
-    context = None
-    if tls is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(tls.cert, tls.key)
-    watch = Watch()
-    dash = Dashboard(token=TOKEN, ssl_context=context, on_record=watch).start()
-    dash.watch = watch  # type: ignore[attr-defined]
+def new_dashboard(tls: TlsFiles | None = None) -> BenchDashboard:
+    """The reference dashboard on a free loopback port (wss:// with ``tls``)."""
+    dash = BenchDashboard(tls)
+    dash.start()
     return dash
 
 
@@ -302,6 +315,12 @@ def new_dashboard(tls: "TlsFiles | None" = None) -> Dashboard:
 class TlsFiles:
     cert: Path
     key: Path
+    bundle: Path  # the system CA store plus ``cert``: what the agent loads when ca_file is unset
+
+    def agent_env(self) -> dict[str, str]:
+        """No ``ca_file``: the agent loads the default CA store, as in production (OpenSSL reads the
+        store from SSL_CERT_FILE, pointed at a copy of the system store that also trusts ``cert``)."""
+        return {"SSL_CERT_FILE": str(self.bundle)}
 
 
 def make_tls(ws: Workspace) -> TlsFiles | None:
@@ -312,7 +331,10 @@ def make_tls(ws: Workspace) -> TlsFiles | None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
                     "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    return TlsFiles(cert, key)
+    system = Path(ssl.get_default_verify_paths().openssl_cafile)
+    bundle = ws.root / "ca-bundle.pem"
+    bundle.write_bytes((system.read_bytes() if system.is_file() else b"") + b"\n" + cert.read_bytes())
+    return TlsFiles(cert, key, bundle)
 
 
 def wait_record(dash: Dashboard, kind: str, *, since: int = 0, timeout: float = 10.0,
@@ -322,10 +344,10 @@ def wait_record(dash: Dashboard, kind: str, *, since: int = 0, timeout: float = 
 
 @contextmanager
 def running_agent(dash: Dashboard, ws: Workspace, *, pty: bool = False, state_dir: Path | None = None,
-                  **env: str) -> Iterator[Agent]:
+                  env: Mapping[str, str] | None = None) -> Iterator[Agent]:
     """A registered agent (``agent.dash_mark`` = dashboard record index at its spawn), stopped afterwards."""
     mark = dash.mark()
-    agent = start_agent(agent_env(dash.url, state_dir or ws.new_state_dir(), ws, **env), pty=pty)
+    agent = start_agent(agent_env(dash.url, state_dir or ws.new_state_dir(), ws, **(env or {})), pty=pty)
     agent.dash_mark = mark
     try:
         agent.register = wait_record(dash, "register", since=mark, timeout=30)

@@ -66,7 +66,7 @@ def run_agent_throughput(figs: Figures, ws: h.Workspace, runs: int, lines: int) 
                     done = dash.watch.expect(lambda r: r.type == "status")
                     with procfs.RssSampler(agent.pid, period=0.02) as sampler:
                         dash.send_command(h.HOST, "test")
-                        h.wait_event(*done, "status", timeout=600)
+                        done.wait("status", timeout=600)
                     c1, d1 = procfs.cpu_seconds(agent.pid), _own_cpu()
                     outputs = dash.messages("output", h.HOST, since=mark)
                     child = [r for r in outputs if LINE_RE.match(str(r.payload.get("line", "")))]
@@ -88,17 +88,17 @@ def run_agent_throughput(figs: Figures, ws: h.Workspace, runs: int, lines: int) 
 def run_floor(figs: Figures, runs: int, lines: int) -> None:
     rate = figs.get("tput_floor", f"{lines:,} lines, bare websocket-client sender, no agent (reference)",
                     "lines/s")
+    last = f"{lines - 1:08d} "
     for _ in range(runs):
         dash = h.new_dashboard()
         try:
             mark = dash.mark()
-            last = f"{lines - 1:08d} "
             done = dash.watch.expect(lambda r: r.type == "output" and str(r.payload.get("line", "")).startswith(last))
             proc = subprocess.Popen([sys.executable, str(FLOOR_CLIENT), dash.url, h.TOKEN, h.HOST, str(lines)],
                                     stdout=subprocess.PIPE, text=True)
             assert proc.stdout is not None
             t0 = float(proc.stdout.readline())  # the client's monotonic clock = ours (same host)
-            h.wait_event(*done, "last line", timeout=600)
+            done.wait("last line", timeout=600)
             proc.wait(30)
             outputs = dash.messages("output", since=mark)
             problem = check_lines(outputs, lines)
