@@ -86,6 +86,8 @@ def test_every_setting_is_expressible_in_toml(tmp_path):
     ({"NIXFLEET_CA_FILE": "/nonexistent/ca.pem"}, "NIXFLEET_CA_FILE: cannot read CA file (got '/nonexistent/ca.pem')"),
     ({"NIXFLEET_URL": ""}, "NIXFLEET_URL: required (the dashboard WebSocket URL, e.g. wss://fleet.example.com/ws)"),
     ({"NIXFLEET_REPO_URL": ""}, "NIXFLEET_REPO_URL: NIXFLEET_REPO_URL or NIXFLEET_REPO_DIR is required"),
+    ({"NIXFLEET_NIXCFG": "/home/me/nixcfg"}, "NIXFLEET_NIXCFG: set either repo_url (the agent's own clone) or the "
+     "deprecated config_repo (your checkout), not both (got config_repo='/home/me/nixcfg')"),
 ])
 def test_each_bad_value_gets_one_precise_error(env, expected):
     assert problems(dict(BASE, **env)) == [expected]

@@ -20,7 +20,7 @@ def pull_steps(job: Job) -> int:
         job.err("❌ No repository configured (repo_url / repo_dir)")
         return 1
     try:
-        return repo.pull(job.run_fn())
+        return repo.pull(job.run_fn(), emit=job.say)
     except Exception as exc:  # noqa: BLE001 - RepoError and friends: the message names the problem
         job.err(f"❌ {exc}")
         return 1

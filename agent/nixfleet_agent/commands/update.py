@@ -20,7 +20,7 @@ def update(job: Job) -> None:
         job.status("error", 1, "no repository")
         return
     job.say("🔄 Updating flake inputs...")
-    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event)
+    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say)
     if result.needs_pull_switch:
         job.err("⚠️  Cannot push flake.lock from this host: falling back to pull + switch")
         pull_switch(job)
