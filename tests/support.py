@@ -13,6 +13,7 @@ Stable API used by every test tier (documented in tests/conftest.py):
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -188,3 +189,23 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 30.0) 
     """Run ``nixfleet-agent <args>`` to completion (for check/status/--version/config errors)."""
     return subprocess.run([sys.executable, "-m", "nixfleet_agent.cli", *args], env=dict(env),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def toml_dumps(settings: dict[str, object]) -> str:
+    """TOML for the agent's flat settings (str, int, bool, list of str), keys sorted like
+    pkgs.formats.toml renders them, so generated and golden config files compare byte for byte."""
+    lines = []
+    for key in sorted(settings):
+        value = settings[key]
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, int):
+            rendered = str(value)
+        elif isinstance(value, str):
+            rendered = json.dumps(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        else:
+            raise TypeError(f"config key {key}: cannot render {value!r} as flat TOML")
+        lines.append(f"{key} = {rendered}")
+    return "\n".join(lines) + "\n"

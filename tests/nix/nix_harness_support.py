@@ -117,22 +117,3 @@ def exposure(output: str, unit: str) -> float:
     match = re.search(rf"systemd-analyze security {re.escape(unit)}: ([0-9.]+)", output)
     assert match, f"no exposure score for {unit} in:\n{output}"
     return float(match.group(1))
-
-
-def toml_dumps(settings: dict[str, object]) -> str:
-    """TOML for the flat key/value settings the modules render (sorted, like pkgs.formats.toml)."""
-    lines = []
-    for key in sorted(settings):
-        value = settings[key]
-        if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int):
-            rendered = str(value)
-        elif isinstance(value, str):
-            rendered = json.dumps(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
-        else:
-            raise TypeError(f"{key}: value {value!r} is not flat TOML")
-        lines.append(f"{key} = {rendered}")
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nix_harness_support import GOLDEN, eval_json, normalize, run, toml_dumps
+from nix_harness_support import GOLDEN, eval_json, normalize, run
+from support import toml_dumps
 
 UPDATE = os.environ.get("NIXFLEET_UPDATE_GOLDEN") == "1"
 

@@ -4,10 +4,11 @@ the path the golden unit's LoadCredential= names, and the nixos-rebuild shim."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from support import toml_dumps
 
 from . import agentwheel, units
 from .container import Container
@@ -30,24 +31,6 @@ class AgentHost:
 
     def agent_pid(self) -> int:
         return int(self.box.show(AGENT_UNIT, "MainPID") or 0)
-
-
-def toml_dumps(data: dict[str, object]) -> str:
-    """Enough TOML for the agent's flat config (str, int, bool, list of str)."""
-    lines = []
-    for key, value in data.items():
-        if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int):
-            rendered = str(value)
-        elif isinstance(value, str):
-            rendered = json.dumps(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
-        else:
-            raise ValueError(f"config key {key}: cannot render {value!r} as TOML")
-        lines.append(f"{key} = {rendered}")
-    return "\n".join(lines) + "\n"
 
 
 def config_for(golden_dir: Path, url: str, repo_url: str) -> str:
