@@ -156,15 +156,42 @@ def test_token_file_that_is_a_directory(tmp_path):
 
 
 def test_unreadable_token_file(tmp_path):
+    """A token file the agent's user may not read (wrong owner after a secrets deploy) gets an error
+    naming the file. As root every file is readable, so the check runs as an unprivileged user."""
+    import json
     import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
 
-    if os.geteuid() == 0:
-        pytest.skip("root can read files regardless of mode")
-    path = write(tmp_path / "token", "x")
-    path.chmod(0)
     env = {k: v for k, v in BASE.items() if k != "NIXFLEET_TOKEN"}
-    assert problems(dict(env, NIXFLEET_TOKEN_FILE=str(path))) == [
-        f"NIXFLEET_TOKEN_FILE: cannot read token file '{path}': Permission denied"]
+    if os.geteuid() != 0:
+        path = write(tmp_path / "token", "x")
+        path.chmod(0)
+        assert problems(dict(env, NIXFLEET_TOKEN_FILE=str(path))) == [
+            f"NIXFLEET_TOKEN_FILE: cannot read token file '{path}': Permission denied"]
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root for this check")
+    shared = Path(tempfile.mkdtemp(prefix="nixfleet-unreadable-"))
+    try:
+        shared.chmod(0o711)
+        path = write(shared / "token", "x")
+        path.chmod(0o600)  # root's, so nobody cannot read it
+        agent_src = Path(__file__).resolve().parents[2] / "agent"
+        code = ("import json, sys; from nixfleet_agent.config import ConfigError, load\n"
+                "try:\n    load({}, json.loads(sys.argv[1]))\nexcept ConfigError as e:\n    print(json.dumps(e.problems))")
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+             json.dumps(dict(env, NIXFLEET_TOKEN_FILE=str(path), NIXFLEET_STATE_DIR=str(shared / "state")))],
+            capture_output=True, text=True, timeout=30, env={"PYTHONPATH": str(agent_src), "PATH": os.environ["PATH"]},
+            cwd="/",
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout) == [f"NIXFLEET_TOKEN_FILE: cannot read token file '{path}': Permission denied"]
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_token_never_in_repr_str_or_errors(tmp_path):
