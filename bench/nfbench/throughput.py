@@ -53,6 +53,7 @@ def run_agent_throughput(figs: Figures, ws: h.Workspace, runs: int, lines: int) 
                         "MiB", 40)
         hwm = figs.get(f"tput_hwm_{mode}", f"agent VmHWM after the run ({mode})", "MiB", 40)
         agent_cpu = figs.get(f"tput_agent_cpu_{mode}", f"agent CPU during the run ({mode})", "% core")
+        per_line = figs.get(f"tput_cpu_per_line_{mode}", f"agent CPU per line ({mode})", "µs")
         dash_cpu = figs.get(f"tput_dash_cpu_{mode}", f"dashboard (bench process) CPU during the run ({mode})",
                             "% core")
         for n in range(runs):
@@ -78,6 +79,7 @@ def run_agent_throughput(figs: Figures, ws: h.Workspace, runs: int, lines: int) 
                     peak.add(sampler.peak_kib / 1024)
                     hwm.add(procfs.hwm_kib(agent.pid) / 1024)
                     agent_cpu.add(100 * (c1 - c0) / elapsed)
+                    per_line.add(1e6 * (c1 - c0) / lines)
                     dash_cpu.add(100 * (d1 - d0) / elapsed)
             finally:
                 dash.close()
