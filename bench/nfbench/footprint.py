@@ -12,8 +12,8 @@ import contextlib
 import subprocess
 import time
 
+from . import dashboards, procfs
 from . import harness as h
-from . import procfs
 from .stats import Figures
 
 BLOCK_TLS = "import sys\nfor m in ('ssl', '_ssl', '_hashlib'): sys.modules[m] = None\n"  # as cli does for ws://
@@ -61,7 +61,7 @@ def run_baselines(figs: Figures, runs: int) -> None:
 class _Scheme:
     """One idle agent: its figures, its dashboard, its CPU counters at the window's start."""
 
-    def __init__(self, figs: Figures, ws: h.Workspace, window: float, down_for: float, tls: h.TlsFiles | None) -> None:
+    def __init__(self, figs: Figures, ws: h.Workspace, window: float, down_for: float, tls: dashboards.TlsFiles | None) -> None:
         s = self.scheme = "wss" if tls else "ws"
         w = f"{window:.0f} s"
         self.ws, self.tls = ws, tls
@@ -78,7 +78,7 @@ class _Scheme:
         self.rec_ack = figs.get(f"reconnect_registered_{s}",
                                 f"dashboard back → agent registered ({down_for:.0f} s outage, {s}://)", "ms", 2000)
         self.down_for = down_for
-        self.dash = h.new_dashboard(tls)
+        self.dash = dashboards.new_dashboard(tls)
 
     def agent(self) -> contextlib.AbstractContextManager[h.Agent]:
         extra = self.tls.agent_env() if self.tls else {}
@@ -121,7 +121,7 @@ class _Scheme:
 
 
 def run_idle(figs: Figures, ws: h.Workspace, runs: int, window: float, down_for: float,
-             tls: h.TlsFiles | None) -> None:
+             tls: dashboards.TlsFiles | None) -> None:
     """ws:// and (with a certificate) wss:// agents idle side by side, each on its own dashboard."""
     schemes = [_Scheme(figs, ws, window, down_for, None)]
     if tls is not None:

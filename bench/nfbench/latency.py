@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from . import dashboards
 from . import harness as h
 from .stats import Figures
 
@@ -26,7 +27,7 @@ def run_startup(figs: Figures, ws: h.Workspace, runs: int) -> None:
     warm_ack = figs.get("start_registered", "spawn → agent got registered, restart (clone present)", "ms", 300)
     boot = figs.get("start_logged", "  of which spawn → 'starting' logged (interpreter, imports, config)", "ms")
     prep = figs.get("start_prepared", "  of which 'starting' → 'connected' (clone check, dial, register)", "ms")
-    dash = h.new_dashboard()
+    dash = dashboards.new_dashboard()
     try:
         for _ in range(runs):
             state = ws.new_state_dir()
@@ -67,7 +68,7 @@ def run_command_latency(figs: Figures, ws: h.Workspace, agents: int, samples: in
         first = figs.get(f"cmd_first_output_{mode}", f"command → first output frame ({mode})", "ms")
         child = figs.get(f"cmd_child_line_{mode}", f"command → the child's first line ({mode})", "ms", 20)
         done = figs.get(f"cmd_status_{mode}", f"command → final status, 1-line test ({mode})", "ms")
-        dash = h.new_dashboard()
+        dash = dashboards.new_dashboard()
         try:
             for _ in range(agents):
                 with h.running_agent(dash, ws, pty=mode == "pty"):

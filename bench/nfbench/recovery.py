@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from . import dashboards
 from . import harness as h
 from .stats import Figures
 
@@ -30,7 +31,7 @@ def run_recovery(figs: Figures, ws: h.Workspace, outages: tuple[float, ...], sam
                        "ms", 2000)
         tries = figs.get(f"reconnect_{down_for:g}s_attempts", f"  dial attempts during the {down_for:g} s outage",
                          "count")
-        dash = h.new_dashboard()
+        dash = dashboards.new_dashboard()
         try:
             with h.running_agent(dash, ws) as agent:
                 for _ in range(samples):

@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import dashboards, procfs
 from . import harness as h
-from . import procfs
 from .stats import Figures
 
 LINE_RE = re.compile(r"^(\d{8}) ")
@@ -57,7 +57,7 @@ def run_agent_throughput(figs: Figures, ws: h.Workspace, runs: int, lines: int) 
         dash_cpu = figs.get(f"tput_dash_cpu_{mode}", f"dashboard (bench process) CPU during the run ({mode})",
                             "% core")
         for n in range(runs):
-            dash = h.new_dashboard()
+            dash = dashboards.new_dashboard()
             try:
                 with h.running_agent(dash, ws, pty=mode == "pty") as agent:
                     time.sleep(0.3)
@@ -92,7 +92,7 @@ def run_floor(figs: Figures, runs: int, lines: int) -> None:
                     "lines/s")
     last = f"{lines - 1:08d} "
     for _ in range(runs):
-        dash = h.new_dashboard()
+        dash = dashboards.new_dashboard()
         try:
             mark = dash.mark()
             done = dash.watch.expect(lambda r: r.type == "output" and str(r.payload.get("line", "")).startswith(last))
