@@ -215,8 +215,10 @@ class Agent:
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
-                    tail = "\n".join(l.text for l in self.lines[-15:])
-                    raise TimeoutError(f"agent never logged {needle!r}; last lines:\n{tail}")
+                    tail = "\n".join(line.text for line in self.lines[-15:]) or "(none)"
+                    code = self.proc.poll()
+                    state = "still running" if code is None else f"exited with status {code}"
+                    raise TimeoutError(f"agent ({state}) never logged {needle!r}; its last log lines:\n{tail}")
                 self._cond.wait(min(left, 0.5))
 
     def mark(self) -> int:
@@ -263,8 +265,8 @@ def running_agent(dash: Dashboard, ws: Workspace, *, pty: bool = False, state_di
     agent = start_agent(agent_env(dash.url, state_dir or ws.new_state_dir(), ws, **(env or {})), pty=pty)
     agent.dash_mark = mark
     try:
-        agent.register = wait_record(dash, "register", since=mark, timeout=30)
-        agent.registered = agent.wait_log("event=registered", timeout=30)
+        agent.registered = agent.wait_log("event=registered", timeout=30)  # fails at once if it dies
+        agent.register = wait_record(dash, "register", since=mark, timeout=5)
         yield agent
     finally:
         agent.stop()
