@@ -36,12 +36,13 @@ PTY_LAUNCHER = Path(__file__).resolve().parent / "pty_agent.py"
 EMITTER = Path(__file__).resolve().parent / "emit_lines.py"
 
 # hosts/<host>/tests/bench.sh: what the `test` command runs. One line at once by default (latency);
-# with a number in $NIXFLEET_BENCH_CTL/lines it prints that many 80-character numbered lines.
+# with a number in $NIXFLEET_BENCH_CTL/lines it prints that many 80-character numbered lines. The one
+# line says whether stdout is a terminal, so the bench can check the pty launcher took effect.
 BENCH_SCRIPT = """#!/bin/sh
 n=1
 [ -r "$NIXFLEET_BENCH_CTL/lines" ] && read -r n < "$NIXFLEET_BENCH_CTL/lines"
 if [ "$n" -le 1 ]; then
-  echo "bench first line"
+  if [ -t 1 ]; then echo "bench first line (tty)"; else echo "bench first line (pipe)"; fi
   exit 0
 fi
 exec "$NIXFLEET_BENCH_PYTHON" "$NIXFLEET_BENCH_EMIT" "$n"

@@ -47,7 +47,7 @@ def run_startup(figs: Figures, ws: h.Workspace, runs: int) -> None:
 
 
 def command_round_trips(dash: h.Dashboard, samples: int, first: list[float], child: list[float],
-                        total: list[float]) -> None:
+                        total: list[float], mode: str) -> None:
     """``samples`` times: send ``test``, note the first output frame, the script's line, the status."""
     for _ in range(samples):
         mark = dash.mark()
@@ -55,7 +55,11 @@ def command_round_trips(dash: h.Dashboard, samples: int, first: list[float], chi
         dash.send_command(h.HOST, "test")
         status = h.wait_record(dash, "status", since=mark, timeout=30)
         outputs = dash.messages("output", h.HOST, since=mark)
-        line = next(r for r in outputs if r.payload.get("line") == FIRST_LINE)
+        expected = FIRST_LINE + (" (tty)" if mode == "pty" else " (pipe)")
+        line = next((r for r in outputs if str(r.payload.get("line", "")).startswith(FIRST_LINE)), None)
+        if line is None or line.payload.get("line") != expected:
+            got = line.payload.get("line") if line else "no such line"
+            raise RuntimeError(f"{mode}: expected the script to print {expected!r}, got {got!r}")
         first.append(1000 * (outputs[0].t - t0))
         child.append(1000 * (line.t - t0))
         total.append(1000 * (status.t - t0))
@@ -72,7 +76,7 @@ def run_command_latency(figs: Figures, ws: h.Workspace, agents: int, samples: in
         try:
             for _ in range(agents):
                 with h.running_agent(dash, ws, pty=mode == "pty"):
-                    command_round_trips(dash, samples, first.samples, child.samples, done.samples)
+                    command_round_trips(dash, samples, first.samples, child.samples, done.samples, mode)
         finally:
             dash.close()
         print(f"  command latency ({mode}): first frame {first.median:.1f} ms, child line {child.median:.1f} ms",
