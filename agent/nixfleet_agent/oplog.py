@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 KEEP = 20
+CHUNK_BUFFER = 64 * 1024
 _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4,8}$")
 
 
@@ -89,17 +90,32 @@ class OpLog:
         self._fh: IO[str] | None = None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._fh = os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=1)
+            # block-buffered: the runner writes a whole chunk of lines, then flushes once
+            self._fh = os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=CHUNK_BUFFER)
         except OSError as exc:
             self.error = f"cannot open {path}: {exc.strerror or exc}"
 
-    def write(self, line: str, stream: str = "stdout") -> None:
+    def write(self, line: str, stream: str = "stdout", *, flush: bool = True) -> None:
+        """Append one line. ``flush=False`` is for the runner, which flushes once per chunk it read
+        from the child, so a 200,000-line command costs one write(2) per chunk, not per line."""
         del stream  # one combined stream on disk, like the detached switch's own log
         with self._lock:
             if self._fh is None:
                 return
             try:
                 self._fh.write(line + "\n")
+                if flush:
+                    self._fh.flush()
+            except (OSError, ValueError) as exc:
+                self.error = f"cannot write {self.path}: {exc}"
+                self._close_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._fh is None:
+                return
+            try:
+                self._fh.flush()
             except (OSError, ValueError) as exc:
                 self.error = f"cannot write {self.path}: {exc}"
                 self._close_locked()

@@ -107,21 +107,38 @@ class Outbox:
             self._kicked = False
 
     def peek(self) -> Message | None:
-        with self._cond:
-            if not self._items:
-                return None
-            head = self._items[0]
-            if head.kind == "output-gap":
-                count, command = head.command.split("\0", 1)
-                notice = f"[nixfleet-agent: {count} output line(s) dropped while disconnected (outbox full)]"
-                text = protocol.encode("output", protocol.output(command, notice, "stderr"))
-                return Message("output", text, True, command)
-            return head
+        batch = self.peek_many(1, 0)
+        return batch[0] if batch else None
 
-    def pop(self) -> None:
-        """Remove the head after it was written to the socket."""
+    def peek_many(self, max_count: int, max_bytes: int) -> list[Message]:
+        """The head of the queue, up to ``max_count`` messages and about ``max_bytes`` (always at
+        least one), so the writer can put several frames on the wire with one system call."""
         with self._cond:
-            if self._items:
+            batch: list[Message] = []
+            size = 0
+            for item in self._items:
+                if batch and len(batch) >= max_count:
+                    break
+                message = self._deliverable(item)
+                if batch and size + len(message.text) > max_bytes:
+                    break
+                batch.append(message)
+                size += len(message.text)
+            return batch
+
+    @staticmethod
+    def _deliverable(item: Message) -> Message:
+        if item.kind != "output-gap":
+            return item
+        count, command = item.command.split("\0", 1)
+        notice = f"[nixfleet-agent: {count} output line(s) dropped while disconnected (outbox full)]"
+        text = protocol.encode("output", protocol.output(command, notice, "stderr"))
+        return Message("output", text, True, command)
+
+    def pop(self, count: int = 1) -> None:
+        """Remove ``count`` messages from the head after they were written to the socket."""
+        with self._cond:
+            for _ in range(min(count, len(self._items))):
                 item = self._items.popleft()
                 self._bytes -= len(item.text)
             self._cond.notify_all()

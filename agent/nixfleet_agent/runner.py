@@ -52,7 +52,9 @@ class OutputSink(Protocol):
 
 
 class LogSink(Protocol):
-    def write(self, line: str, stream: str = "stdout") -> None: ...
+    def write(self, line: str, stream: str = "stdout", *, flush: bool = True) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass
@@ -209,7 +211,7 @@ def run(
         def _emit(line: str) -> None:
             line = redact(line)  # before the op log too: `nixfleet-agent status` shows it
             if log is not None:
-                log.write(line, stream)
+                log.write(line, stream, flush=False)  # flushed once per chunk below
             reporter.output(command, line, stream)
 
         return _emit
@@ -283,6 +285,8 @@ def run(
                     data = b""
                 if data:
                     streams[fd][1].feed(data)
+                    if log is not None:
+                        log.flush()
                 else:
                     streams[fd][1].close()
                     sel.unregister(fd)
@@ -299,6 +303,8 @@ def run(
         raise
     finally:
         sel.close()
+        if log is not None:
+            log.flush()  # the last line (no newline at EOF) and any note after it
         if mode == "pty":
             os.close(master)
         else:

@@ -113,6 +113,17 @@ def test_backoff_doubles_to_max_with_full_jitter_and_resets():
     assert 30 <= backoff.to_max() <= 60 and backoff.ceiling() == 60
 
 
+def test_backoff_retries_quickly_first_then_doubles():
+    """A dashboard restart of a few seconds is bridged at <= 1 s spacing; a long outage backs off."""
+    backoff = Backoff(1.0, 60.0, fast_attempts=3)
+    ceilings = []
+    for _ in range(7):
+        ceilings.append(backoff.ceiling())
+        backoff.next()
+    assert ceilings == [1, 1, 1, 1, 2, 4, 8]
+    assert 30 <= backoff.to_max() <= 60 and backoff.ceiling() == 60
+
+
 def test_outbox_refuses_ephemeral_when_not_live_and_keeps_durable():
     box = Outbox(100)
     assert not box.put(Message("heartbeat", "{}", durable=False))
@@ -125,9 +136,11 @@ def test_outbox_refuses_ephemeral_when_not_live_and_keeps_durable():
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=1, max_value=30),
-       st.lists(st.sampled_from(["output", "status", "operation_progress"]), max_size=120))
-def test_outbox_overflow_keeps_order_and_every_status(limit, kinds):
-    """Whatever overflows: statuses all survive, order is kept, and every dropped line is counted."""
+       st.lists(st.sampled_from(["output", "status", "operation_progress"]), max_size=120),
+       st.integers(min_value=1, max_value=8), st.integers(min_value=1, max_value=400))
+def test_outbox_overflow_keeps_order_and_every_status(limit, kinds, batch, batch_bytes):
+    """Whatever overflows: statuses all survive, order is kept, and every dropped line is counted,
+    however the writer batches its reads (``peek_many`` by count and by bytes)."""
     box = Outbox(limit)
     sent = []
     for index, kind in enumerate(kinds):
@@ -136,15 +149,18 @@ def test_outbox_overflow_keeps_order_and_every_status(limit, kinds):
         sent.append((kind, index))
     box.set_live(True)
     delivered, announced = [], 0
-    while (message := box.peek()) is not None:
-        payload = json.loads(message.text)
-        line = payload.get("payload", {}).get("line", "")
-        if "dropped" in line:
-            announced += int(line.split("[nixfleet-agent: ")[1].split()[0])
-        else:
-            index = payload["payload"]["i"] if "payload" in payload else payload["i"]
-            delivered.append((message.kind, index))
-        box.pop()
+    while messages := box.peek_many(batch, batch_bytes):
+        assert len(messages) <= batch
+        assert len(messages) == 1 or sum(len(m.text) for m in messages) <= batch_bytes
+        for message in messages:
+            payload = json.loads(message.text)
+            line = payload.get("payload", {}).get("line", "")
+            if "dropped" in line:
+                announced += int(line.split("[nixfleet-agent: ")[1].split()[0])
+            else:
+                index = payload["payload"]["i"] if "payload" in payload else payload["i"]
+                delivered.append((message.kind, index))
+        box.pop(len(messages))
     assert delivered == [item for item in sent if item in delivered]  # order kept
     assert [i for k, i in sent if k != "output"] == [i for k, i in delivered if k != "output"]  # non-output never dropped
     assert announced == len(sent) - len(delivered)
