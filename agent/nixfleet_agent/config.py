@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import platform as _platform
-import shlex
-import shutil
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -150,11 +148,14 @@ def detect_hostname() -> str:
 
 
 def detect_platform() -> str:
-    if is_darwin():
-        return "darwin" if shutil.which("darwin-rebuild") else "home-manager"
-    if Path("/etc/NIXOS").exists() or shutil.which("nixos-rebuild"):
+    darwin = is_darwin()
+    if not darwin and Path("/etc/NIXOS").exists():
         return "nixos"
-    return "home-manager"
+    import shutil  # not at the top: it pulls in bz2/lzma, which an idle NixOS agent never needs
+
+    if darwin:
+        return "darwin" if shutil.which("darwin-rebuild") else "home-manager"
+    return "nixos" if shutil.which("nixos-rebuild") else "home-manager"
 
 
 def default_state_dir(env: Mapping[str, str]) -> str:
@@ -224,6 +225,8 @@ def _convert(key: str, raw: Any, where: str, problems: list[str]) -> Any:
         return value
     if kind == "list":
         if isinstance(raw, str):
+            import shlex  # only string-valued list keys need it
+
             try:
                 parts = shlex.split(raw)
             except ValueError as exc:

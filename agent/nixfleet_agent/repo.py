@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -48,6 +46,14 @@ class RepoError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(gitenv.redact(message))
+
+
+def _remove_tree(path: Path, ignore_errors: bool = False) -> None:
+    """``shutil.rmtree``, imported on use: shutil brings bz2/lzma along, and an agent whose clone
+    is healthy never removes a tree."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def ensure_private_dir(path: Path, what: str) -> None:
@@ -266,7 +272,7 @@ class Repo:
             self.path.parent.mkdir(mode=0o700, parents=True)  # an existing parent is the operator's
         env = self.git_env()  # validates the SSH key before any network attempt
         for leftover in self.path.parent.glob(f".{self.path.name}.clone-*"):
-            shutil.rmtree(leftover, ignore_errors=True)  # a clone interrupted by a crash or SIGKILL
+            _remove_tree(leftover, ignore_errors=True)  # a clone interrupted by a crash or SIGKILL
         if self.path.is_dir():
             # Ownership first: git refuses a repository owned by someone else ("dubious
             # ownership"), which would otherwise look like corruption and be moved aside.
@@ -290,7 +296,7 @@ class Repo:
             if self.broken_path.is_symlink() or self.broken_path.is_file():
                 self.broken_path.unlink()
             elif self.broken_path.exists():
-                shutil.rmtree(self.broken_path)
+                _remove_tree(self.broken_path)
             self.path.rename(self.broken_path)
         except OSError as exc:
             raise RepoError(f"repo_dir: cannot move unusable clone {self.path} aside: {exc.strerror or exc}") from None
@@ -299,7 +305,10 @@ class Repo:
         """Clone into a private temporary sibling, then rename: the repo is whole or absent."""
         _log.info("clone_start", url=gitenv.redact(self.url), branch=self.branch, path=self.path)
         self.emit(f"cloning {gitenv.redact(self.url)} (branch {self.branch}) into {self.path}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.clone-", dir=self.path.parent))
+        # A unique private sibling, as tempfile.mkdtemp would make it (mkdir is atomic, 0700, never
+        # follows a symlink), without importing tempfile and shutil into the long-running agent.
+        tmp = self.path.parent / f".{self.path.name}.clone-{os.getpid()}-{time.monotonic_ns()}"
+        tmp.mkdir(mode=0o700)
         argv = ["git", "clone", "--branch", self.branch, "--single-branch", "--no-tags", "--", self.url, str(tmp)]
         try:
             if run is not None:
@@ -315,7 +324,7 @@ class Repo:
             tmp.rename(self.path)
         finally:
             if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+                _remove_tree(tmp, ignore_errors=True)
         _log.info("clone_done", path=self.path, head=self.generation())
 
     def _clone_failure(self, code: int, reason: str, text: str) -> str:

@@ -129,15 +129,16 @@ class StatusStore:
 
 
 def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
-    from datetime import UTC, datetime  # only here: keeps the idle agent smaller
     if not str(repo_dir):
         return "unknown", "Repository path not configured"
     if not (repo_dir / "flake.lock").is_file():
         return "unknown", "flake.lock not found"
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
     try:
+        # %ct (epoch seconds) rather than upstream's %ci: integer arithmetic needs no datetime/_strptime
+        # (with calendar and locale) in the long-running agent. Same day count.
         out = subprocess.run(
-            ["git", "-c", f"safe.directory={repo_dir}", "-C", str(repo_dir), "log", "-1", "--format=%ci", "--", "flake.lock"],
+            ["git", "-c", f"safe.directory={repo_dir}", "-C", str(repo_dir), "log", "-1", "--format=%ct", "--", "flake.lock"],
             capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -148,11 +149,10 @@ def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
     if not stamp:
         return "unknown", "flake.lock has no git history"
     try:
-        when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S %z")
+        when = int(stamp)
     except ValueError:
         return "error", f"Failed to check flake.lock: unparsable date {stamp!r}"
-    days = int((datetime.now(UTC) - when).total_seconds() // 86400)
-    days = max(days, 0)
+    days = max(int(time.time() - when) // 86400, 0)
     text = "Updated today" if days == 0 else "Updated yesterday" if days == 1 else f"Updated {days} days ago"
     if days <= 7:
         return "ok", text
