@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import TEST_HOST  # noqa: F401  (re-exported for tests)
 
-SHIMS = Path(__file__).resolve().parent.parent / "shims"
+from cmd_support import SHIMS
 
 
 class Shims:
@@ -111,36 +111,3 @@ def session(dashboard: Any, start_agent: Callable[..., Any], shims: Shims) -> It
             agent.proc.send_signal(_signal.SIGABRT)
             agent.proc.wait(5)
             print("\n--- agent did not stop within 4 s of SIGTERM; thread dump ---\n" + agent.tail(80))
-
-
-def kinds(records: list[Any]) -> list[str]:
-    """Message types in order, consecutive outputs and heartbeats collapsed (they interleave freely)."""
-    out: list[str] = []
-    for r in records:
-        if r.type == "heartbeat":
-            continue
-        if r.type == "operation_progress":
-            phase, value = next(iter(r.payload["progress"].items()))
-            label = f"progress:{phase}:{value['status']}"
-        elif r.type == "test_progress":
-            label = "test_progress"
-        else:
-            label = r.type
-        if label == "output" and out and out[-1] == "output":
-            continue
-        out.append(label)
-    return out
-
-
-def add_tests(repo: Path, scripts: dict[str, str], host: str = "test-host", mode: int = 0o755) -> None:
-    """Commit test scripts into the fleet repo (``hosts/<host>/tests``) before the agent clones it."""
-    from support import git
-
-    directory = repo / "hosts" / host / "tests"
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, body in scripts.items():
-        path = directory / name
-        path.write_text("#!/bin/sh\n" + body + "\n")
-        path.chmod(mode)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "tests")

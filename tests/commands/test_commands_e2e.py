@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from conftest import kinds
+from cmd_support import kinds
 
 HOST = "test-host"
 

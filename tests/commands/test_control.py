@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import add_tests
+from cmd_support import add_tests
 
 HOST = "test-host"
 

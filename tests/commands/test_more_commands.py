@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from conftest import kinds
+from cmd_support import kinds
 from support import git, wait_for
 
 HOST = "test-host"

@@ -3,7 +3,7 @@ and the final status comes after the last line."""
 
 from __future__ import annotations
 
-from conftest import add_tests
+from cmd_support import add_tests
 
 MAX_LINE = 16 * 1024
 

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import SHIMS
+from cmd_support import SHIMS
 from support import git, wait_for
 
 HOST = "test-host"

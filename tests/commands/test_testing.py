@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import add_tests, kinds
+from cmd_support import add_tests, kinds
 
 
 def test_all_pass(session, fleet_repo) -> None:
