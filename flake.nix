@@ -116,7 +116,6 @@
           packages = [
             (pkgs.python3.withPackages (ps: [
               ps.websocket-client
-              ps.pexpect
               ps.pytest
               ps.hypothesis
               ps.websockets

@@ -49,9 +49,10 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
+  # Only websocket-client: the runner uses pipes (and the stdlib pty where a command needs a
+  # terminal), so pexpect is not needed; see the "Pipes, not a pty" note in the README.
   dependencies = [
     python3Packages.websocket-client
-    python3Packages.pexpect
   ]
   ++ lib.optionals (python3Packages.pythonOlder "3.11") [ python3Packages.tomli ];
 

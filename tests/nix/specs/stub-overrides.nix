@@ -42,10 +42,6 @@ in
       };
     };
     python3Packages = final.python3.pkgs // {
-      pexpect = final.mkDrv {
-        pname = "python3-pexpect";
-        version = "0.0.0-stub";
-      };
       pythonOlder = _: false;
     };
     sourceCommit = "0123456789abcdef0123456789abcdef01234567";
