@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform as _platform
+import re
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ class ConfigError(Exception):
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
+_FLAKE_INPUT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # a Nix identifier
 PLATFORMS = ("nixos", "darwin", "home-manager")
 LAUNCHERS = ("detached", "privileged")
 
@@ -74,6 +76,7 @@ _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "git_author_name": ("NIXFLEET_GIT_AUTHOR_NAME", "str", None),
     "git_author_email": ("NIXFLEET_GIT_AUTHOR_EMAIL", "str", None),
     "update_attempts": ("NIXFLEET_UPDATE_ATTEMPTS", "int", (1, 100)),
+    "agent_input": ("NIXFLEET_AGENT_INPUT", "str", None),
     "outbox_max": ("NIXFLEET_OUTBOX_MAX", "int", (100, 1_000_000)),
     "stop_grace": ("NIXFLEET_STOP_GRACE", "int", (0, 600)),
     "restart_exit_code": ("NIXFLEET_RESTART_EXIT_CODE", "int", (0, 255)),
@@ -114,6 +117,7 @@ class Config:
     git_author_name: str = "nixfleet-agent"
     git_author_email: str = ""
     update_attempts: int = 5
+    agent_input: str = "nixfleet"
     outbox_max: int = 10000
     stop_grace: int = 3
     restart_exit_code: int = 101
@@ -358,6 +362,10 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     if ca_file and not os.access(ca_file, os.R_OK):
         problems.append(f"{where('ca_file')}: cannot read CA file (got {_show(ca_file)!r})")
 
+    agent_input = values.get("agent_input") or "nixfleet"
+    if not _FLAKE_INPUT.fullmatch(agent_input):
+        problems.append(f"{where('agent_input')}: not a flake input name (got {_show(agent_input)!r})")
+
     token, token_path = _resolve_token(src, env, problems)
 
     if problems:
@@ -396,6 +404,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         git_author_name=values.get("git_author_name") or "nixfleet-agent",
         git_author_email=values.get("git_author_email") or f"nixfleet-agent@{hostname}",
         update_attempts=values.get("update_attempts", 5),
+        agent_input=agent_input,
         outbox_max=values.get("outbox_max", 10000),
         stop_grace=values.get("stop_grace", 3),
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),

@@ -17,6 +17,7 @@ import json
 import random
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from . import gitenv, log
@@ -25,7 +26,19 @@ from .repo import Repo, RepoError
 
 _log = log.get("flakeupdate")
 
-NIX_FLAKE_UPDATE = ("nix", "--extra-experimental-features", "nix-command flakes", "flake", "update")
+NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
+NIX_FLAKE_UPDATE = (*NIX, "flake", "update")
+
+
+def nix_update_argv(inputs: Sequence[str] = ()) -> list[str]:
+    """All inputs, or only the named ones. ``nix flake lock --update-input`` is the form every Nix
+    from 2.4 on accepts (newer ones also spell it ``nix flake update <input>``)."""
+    if not inputs:
+        return list(NIX_FLAKE_UPDATE)
+    argv = [*NIX, "flake", "lock"]
+    for name in inputs:
+        argv += ["--update-input", name]
+    return argv
 
 _NO_ACCESS_MARKERS = (
     "permission denied",
@@ -162,25 +175,47 @@ def update(
     backoff_cap: float = 30.0,
     rand: Callable[[], float] = random.random,
     emit: Callable[[str, str], None] | None = None,
+    inputs: Sequence[str] = (),
 ) -> UpdateResult:
     """Update, commit and push ``flake.lock``; see the module docstring for the retry policy.
 
     ``emit`` (line, stream) receives the notes (changed inputs, rejected pushes, fallback reason).
+    ``inputs`` limits the update to those flake inputs (``bump-flake``: only ``nixfleet``).
     """
     with repo.emitting(emit):
         try:
             if not repo.isolated:
-                return _legacy_update(repo, run)
-            return _isolated_update(repo, run, stop, attempts or repo.cfg.update_attempts, backoff_base, backoff_cap, rand)
+                return _legacy_update(repo, run, inputs)
+            return _isolated_update(repo, run, inputs, stop, attempts or repo.cfg.update_attempts, backoff_base,
+                                    backoff_cap, rand)
         except RepoError as exc:
             repo.emit(f"error: {exc}", "stderr")
             return UpdateResult("failed", str(exc), 1)
 
 
-def _nix_update(repo: Repo, run: RunFn) -> int:
-    code = run(list(NIX_FLAKE_UPDATE), repo.git_env(), repo.path)
+def missing_inputs(repo: Repo, inputs: Sequence[str]) -> list[str]:
+    """Inputs the flake does not have: Nix only warns about ``--update-input <unknown>`` and exits
+    0, which would report a bump that did nothing as "already up to date"."""
+    if not inputs:
+        return []
+    try:
+        lock = json.loads(_read_lock(repo) or "{}")
+        root = lock["nodes"][lock.get("root", "root")].get("inputs", {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []  # no readable lock yet: nix itself will say what is wrong
+    return [name for name in inputs if name not in root]
+
+
+def _nix_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> int:
+    missing = missing_inputs(repo, inputs)
+    if missing:
+        repo.emit(f"error: flake.lock has no input named {', '.join(missing)} (the agent_input setting "
+                  f"names the input that provides nixfleet-agent)", "stderr")
+        return 1
+    argv = nix_update_argv(inputs)
+    code = run(argv, repo.git_env(), repo.path)
     if code != 0:
-        repo.emit(f"error: nix flake update failed (exit {code})", "stderr")
+        repo.emit(f"error: {' '.join(argv[3:])} failed (exit {code})", "stderr")
     return code
 
 
@@ -189,9 +224,9 @@ def _lock_dirty(repo: Repo) -> bool:
     return bool(status.stdout.strip())
 
 
-def _legacy_update(repo: Repo, run: RunFn) -> UpdateResult:
+def _legacy_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> UpdateResult:
     old = _read_lock(repo)
-    if _nix_update(repo, run) != 0:
+    if _nix_update(repo, run, inputs) != 0:
         return UpdateResult("failed", "nix flake update failed", 1, 1)
     changes = lock_changes(old, _read_lock(repo))
     if not changes:
@@ -206,6 +241,7 @@ def _legacy_update(repo: Repo, run: RunFn) -> UpdateResult:
 def _isolated_update(
     repo: Repo,
     run: RunFn,
+    inputs: Sequence[str],
     stop: threading.Event | None,
     attempts: int,
     base: float,
@@ -226,7 +262,7 @@ def _isolated_update(
             if repo.pull(run) != 0:
                 return UpdateResult("failed", "fetch/reset after a rejected push failed", 1, attempt)
         old = _read_lock(repo)
-        if _nix_update(repo, run) != 0:
+        if _nix_update(repo, run, inputs) != 0:
             return _abandon(repo, UpdateResult("failed", "nix flake update failed", 1, attempt))
         if not _lock_dirty(repo):
             why = "another host pushed the same update first" if attempt > 1 else f"at {repo.generation()}"

@@ -42,7 +42,16 @@ def test_pull_switch_stops_when_the_pull_fails(session, fleet_repo, tmp_path: Pa
     assert not session.shims.calls("nixos-rebuild")
 
 
-def test_force_rebuild_and_force_update_disable_the_negative_cache(session) -> None:
+def _add_agent_input(repo: Path) -> None:
+    """Give the fleet's lock file the `nixfleet` input that bump-flake and force-update move."""
+    lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
+                      "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+    (repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
+    git(repo, "commit", "-q", "-am", "lock the nixfleet input")
+
+
+def test_force_rebuild_and_force_update_disable_the_negative_cache(session, fleet_repo) -> None:
+    _add_agent_input(fleet_repo)
     session.start()
     mark = session.dash.mark()
     status, records = session.run("force-rebuild")
@@ -53,19 +62,28 @@ def test_force_rebuild_and_force_update_disable_the_negative_cache(session) -> N
     status, records = session.run("force-update", timeout=60)
     assert status["status"] == "ok" and status["message"] == "force update complete", status
     lines = session.lines(records)
-    assert [l for l in lines if l.startswith("━━━")] == ["━━━ Step 1/3: Git pull ━━━", "━━━ Step 2/3: nix flake update ━━━",
+    assert [l for l in lines if l.startswith("━━━")] == ["━━━ Step 1/3: Git pull ━━━",
+                                                       "━━━ Step 2/3: nix flake update nixfleet ━━━",
                                                        "━━━ Step 3/3: Rebuild ━━━"]
-    assert session.shims.calls("nix")[-1]["argv"][-2:] == ["flake", "update"]
+    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet"]
 
 
-def test_update_and_bump_flake_report_the_flake_update(session) -> None:
+def test_update_and_bump_flake_report_the_flake_update(session, fleet_repo) -> None:
     session.start()
-    for name in ("update", "bump-flake"):
-        status, records = session.run(name, timeout=60)
-        assert status["status"] == "ok", (name, status, session.lines(records))
-        assert "up to date" in status["message"]
-        assert any(c["argv"][-2:] == ["flake", "update"] for c in session.shims.calls("nix"))
-        assert all(r.payload["command"] == name for r in records if r.type == "output")
+    status, records = session.run("update", timeout=60)
+    assert status["status"] == "ok", (status, session.lines(records))
+    assert "up to date" in status["message"]
+    assert any(c["argv"][-2:] == ["flake", "update"] for c in session.shims.calls("nix"))  # every input
+    assert all(r.payload["command"] == "update" for r in records if r.type == "output")
+    # bump-flake moves only the agent's input; a fleet flake without it gets an error naming it
+    status, records = session.run("bump-flake", timeout=60)
+    assert status["status"] == "error"
+    assert any("no input named nixfleet" in line for line in session.lines(records))
+    _add_agent_input(fleet_repo)
+    status, records = session.run("bump-flake", timeout=60)
+    assert status["status"] == "ok", (status, session.lines(records))
+    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet"]
+    assert all(r.payload["command"] == "bump-flake" for r in records if r.type == "output")
 
 
 def test_privileged_reboot_goes_through_the_root_unit(session, tmp_path: Path) -> None:

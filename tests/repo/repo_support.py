@@ -81,16 +81,19 @@ class Remote:
 
 
 class FlakeRemote(Remote):
-    """A fleet flake whose one input ``dep`` is a local git repository (so nix works offline)."""
+    """A fleet flake whose inputs (``dep``, and any others named) are local git repositories, so nix
+    works offline."""
 
-    def __init__(self, root: Path, name: str = "fleet") -> None:
-        self.dep = root / f"{name}-dep"
-        sh_git("init", "-q", "-b", "main", str(self.dep))
-        self.bump_dep("initial")
+    def __init__(self, root: Path, name: str = "fleet", inputs: tuple[str, ...] = ("dep",)) -> None:
+        self.inputs = {input_name: root / f"{name}-{input_name}" for input_name in inputs}
+        self.dep = self.inputs["dep"]
+        for input_name, path in self.inputs.items():
+            sh_git("init", "-q", "-b", "main", str(path))
+            self.bump_dep("initial", input_name)
         flake = (
             "{\n"
-            f'  inputs.dep.url = "git+file://{self.dep}";\n'
-            "  outputs = { self, dep }: { };\n"
+            + "".join(f'  inputs.{n}.url = "git+file://{p}";\n' for n, p in self.inputs.items())
+            + f"  outputs = {{ self, {', '.join(self.inputs)} }}: {{ }};\n"
             "}\n"
         )
         super().__init__(root, name, {"flake.nix": flake})
@@ -99,12 +102,13 @@ class FlakeRemote(Remote):
         sh_git("commit", "-q", "-m", "lock", cwd=self.work)
         sh_git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=self.work)
 
-    def bump_dep(self, message: str) -> str:
-        """A new upstream revision of the input, so ``nix flake update`` has something to do."""
-        (self.dep / "flake.nix").write_text(f"# {message}\n{{ outputs = _: {{ }}; }}\n")
-        sh_git("add", "-A", cwd=self.dep)
-        sh_git("commit", "-q", "-m", message, cwd=self.dep)
-        return sh_git("rev-parse", "HEAD", cwd=self.dep)
+    def bump_dep(self, message: str, input_name: str = "dep") -> str:
+        """A new upstream revision of an input, so ``nix flake update`` has something to do."""
+        path = self.inputs[input_name]
+        (path / "flake.nix").write_text(f"# {message}\n{{ outputs = _: {{ }}; }}\n")
+        sh_git("add", "-A", cwd=path)
+        sh_git("commit", "-q", "-m", message, cwd=path)
+        return sh_git("rev-parse", "HEAD", cwd=path)
 
 
 def nix_in(cwd: Path, *args: str) -> None:

@@ -55,6 +55,34 @@ def test_update_commits_and_pushes_the_new_lock(tmp_path: Path, flake: FlakeRemo
     assert f"dep {old_rev[:7]} → {new_rev[:7]}" in result.message
 
 
+def test_bump_moves_only_the_agent_input(tmp_path: Path, run: Collect) -> None:
+    """bump-flake: the nixfleet input moves, every other input stays where the fleet pinned it."""
+    flake = FlakeRemote(tmp_path / "remotes", inputs=("dep", "nixfleet"))
+    lock = json.loads(flake.show("flake.lock"))
+    dep_before = lock["nodes"]["dep"]["locked"]["rev"]
+    flake.bump_dep("dep v2")
+    agent_rev = flake.bump_dep("agent v2", "nixfleet")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
+    repo.ensure()
+    result = flakeupdate.update(repo, run, inputs=("nixfleet",))
+    assert result.outcome == "pushed", result
+    after = json.loads(flake.show("flake.lock"))["nodes"]
+    assert after["nixfleet"]["locked"]["rev"] == agent_rev
+    assert after["dep"]["locked"]["rev"] == dep_before
+    assert [c.name for c in result.changes] == ["nixfleet"]
+
+
+def test_bump_of_an_input_the_flake_lacks_is_an_error_naming_it(tmp_path: Path, flake: FlakeRemote, run: Collect,
+                                                                 emitted: Emitted) -> None:
+    before = flake.head()
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
+    repo.ensure()
+    result = flakeupdate.update(repo, run, inputs=("nixfleet",))
+    assert result.exit_code != 0 and result.outcome == "failed"
+    assert any("no input named nixfleet" in line for line, _ in emitted.lines)
+    assert flake.head() == before
+
+
 def test_update_with_nothing_new_reports_up_to_date(tmp_path: Path, flake: FlakeRemote, run: Collect) -> None:
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url))

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from .. import log as logmod
-from .. import operations
+from .. import flakeupdate, operations
 from ..runner import Result, signal_name
 from . import Job, agentpkg
 from .pulling import post_validation, pull_steps
@@ -123,11 +123,16 @@ def force_update(job: Job) -> None:
         if not job.stopped_status(Result(code)):
             job.status("error", code, "git pull failed")
         return
-    job.say("━━━ Step 2/3: nix flake update ━━━")
+    agent_input = job.ctx.cfg.agent_input  # upstream: `nix flake update nixfleet`, the agent's input only
+    job.say(f"━━━ Step 2/3: nix flake update {agent_input} ━━━")
     repo = job.ctx.repo
     cwd = repo.path if repo is not None else Path(job.ctx.cfg.repo_dir)
-    env = job.repo_env()
-    res = job.run(["nix", "--extra-experimental-features", "nix-command flakes", "flake", "update"], env, cwd)
+    if repo is not None and flakeupdate.missing_inputs(repo, (agent_input,)):
+        job.err(f"❌ flake.lock has no input named {agent_input} (set agent_input to the input that provides "
+                "nixfleet-agent)")
+        job.status("error", 1, f"no flake input {agent_input}")
+        return
+    res = job.run(flakeupdate.nix_update_argv((agent_input,)), job.repo_env(), cwd)
     if not res.ok:
         if not job.stopped_status(res):
             job.status("error", res.exit_code or 1, "nix flake update failed")

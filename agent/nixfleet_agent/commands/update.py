@@ -1,9 +1,10 @@
 """``update`` and ``bump-flake``: update ``flake.lock``, commit and push it (``flakeupdate``).
 
-``bump-flake`` (the dashboard's name, upstream agent answered "unknown command") and ``update``
-are the same operation: Nix 2.8's ``nix flake update`` has no per-input form and the fleet's
-lock should move as a whole. A host that cannot push (HTTPS without credentials, read-only deploy
-key) falls back to pull + switch, as upstream's v1 agent did.
+``update`` moves every input; ``bump-flake`` (the dashboard's name for "pick up a new agent";
+the upstream agent answered "unknown command") moves only the input that provides the
+agent (``agent_input``, default ``nixfleet``), as its CORE-001 definition (``nix flake update
+nixfleet``) says. A host that cannot push (HTTPS without
+credentials, read-only deploy key) falls back to pull + switch, as upstream's v1 agent did.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from . import Job
 from .rebuild import pull_switch
 
 
-def update(job: Job) -> None:
+def update(job: Job, inputs: tuple[str, ...] = ()) -> None:
     ctx = job.ctx
     if ctx.repo is None:
         job.err("❌ No repository configured (repo_url / repo_dir)")
         job.status("error", 1, "no repository")
         return
-    job.say("🔄 Updating flake inputs...")
-    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say)
+    job.say(f"🔄 Updating flake input{'s' if not inputs else ''} {', '.join(inputs)}".rstrip() + "...")
+    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say, inputs=inputs)
     if result.needs_pull_switch:
         job.err("⚠️  Cannot push flake.lock from this host: falling back to pull + switch")
         pull_switch(job)
@@ -36,4 +37,5 @@ def update(job: Job) -> None:
     ctx.reporter.heartbeat_now()
 
 
-bump_flake = update
+def bump_flake(job: Job) -> None:
+    update(job, (job.ctx.cfg.agent_input,))
