@@ -86,6 +86,7 @@ def test_every_setting_is_expressible_in_toml(tmp_path):
     ({"NIXFLEET_CA_FILE": "/nonexistent/ca.pem"}, "NIXFLEET_CA_FILE: cannot read CA file (got '/nonexistent/ca.pem')"),
     ({"NIXFLEET_URL": ""}, "NIXFLEET_URL: required (the dashboard WebSocket URL, e.g. wss://fleet.example.com/ws)"),
     ({"NIXFLEET_REPO_URL": ""}, "NIXFLEET_REPO_URL: NIXFLEET_REPO_URL or NIXFLEET_REPO_DIR is required"),
+    ({"NIXFLEET_AGENT_INPUT": "nix fleet"}, "NIXFLEET_AGENT_INPUT: not a flake input name (got 'nix fleet')"),
     ({"NIXFLEET_NIXCFG": "/home/me/nixcfg"}, "NIXFLEET_NIXCFG: set either repo_url (the agent's own clone) or the "
      "deprecated config_repo (your checkout), not both (got config_repo='/home/me/nixcfg')"),
 ])
