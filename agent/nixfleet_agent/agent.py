@@ -24,7 +24,8 @@ from .connection import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
 from .outbox import Message, Outbox
 from .reporter import Reporter
-from .status import StatusStore, ensure_private_dir, now_rfc3339
+from .privatefs import ensure_private_dir
+from .status import StatusStore, now_rfc3339
 
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Protocol
 
 from . import log as logmod
-from .oplog import ensure_private_dir, logs_dir
+from .oplog import logs_dir
+from .privatefs import ensure_private_dir, write_private
 from .runner import CHUNK, LineSplitter, Result, child_env
 
 _log = logmod.get("operations")
@@ -97,13 +98,7 @@ def ops_dir(state_dir: Path) -> Path:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data, indent=1), durable=True)
 
 
 def save(state_dir: Path, op: Operation) -> None:
@@ -263,11 +258,8 @@ def load_offset(state_dir: Path, op: Operation) -> int:
 
 
 def save_offset(state_dir: Path, op: Operation, offset: int) -> None:
-    path = ops_dir(state_dir) / f"{op.id}.offset"
     try:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(str(offset))
-        os.replace(tmp, path)
+        write_private(ops_dir(state_dir) / f"{op.id}.offset", str(offset))
     except OSError:
         pass
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from .privatefs import ensure_private_dir
+
 KEEP = 20
 CHUNK_BUFFER = 64 * 1024
 _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4,8}$")
@@ -32,17 +34,6 @@ def new_op_id(now: float | None = None) -> str:
 
 def logs_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "logs"
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700; tighten an existing one we own."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        if path.stat().st_uid == os.geteuid():
-            path.chmod(0o700)
-    except OSError:
-        pass
-    return path
 
 
 def rotate(state_dir: Path, keep: int = KEEP, protect: tuple[str, ...] = ()) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import log
+from .privatefs import write_private
 
 COMPARTMENTS = ("git", "lock", "system", "tests")
 LOCK_REFRESH_EVERY = 300.0
@@ -29,27 +30,6 @@ def now_rfc3339() -> str:
 
 def _empty() -> dict[str, str]:
     return {"status": "", "message": "", "checked_at": ""}
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomic write (tmp + rename) with mode 0600."""
-    ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
