@@ -211,8 +211,7 @@ class Agent:
         assert self.repo is not None
         backoff = Backoff(2.0, 300.0)
         while not self.stop_event.wait(max(1.0, backoff.next())):
-            ready = getattr(self.repo, "ready", None)
-            if callable(ready) and ready():
+            if self.repo.ready():
                 self._repo_ok()  # a command (pull) fixed it meanwhile
                 return
             try:
@@ -296,7 +295,6 @@ class Agent:
 
 def _touch(path: Path) -> None:
     try:
-        path.touch(mode=0o600)
-        os.utime(path)
+        path.touch(mode=0o600)  # also updates the mtime of an existing file
     except OSError:
         pass

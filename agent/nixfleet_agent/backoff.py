@@ -16,7 +16,6 @@ class Backoff:
         self,
         base: float = 1.0,
         maximum: float = 60.0,
-        rng: random.Random | None = None,
         *,
         fast_attempts: int = 0,
     ) -> None:
@@ -24,7 +23,7 @@ class Backoff:
         self.maximum = maximum
         self.fast_attempts = fast_attempts
         self._attempt = 0
-        self._rng = rng or random.Random()
+        self._rng = random.Random()
 
     def ceiling(self) -> float:
         doublings = min(max(self._attempt - self.fast_attempts, 0), 30)

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .hostfacts import default_state_dir, detect_hostname, detect_platform, is_darwin
+from .log import LEVELS
 from .secret import Secret, read_token_file
 
 
@@ -38,7 +39,7 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_LEVELS = tuple(LEVELS)
 _FLAKE_INPUT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # a Nix identifier
 PLATFORMS = ("nixos", "darwin", "home-manager")
 LAUNCHERS = ("detached", "privileged")
@@ -79,7 +80,6 @@ _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "stop_grace": ("NIXFLEET_STOP_GRACE", "int", (0, 600)),
     "restart_exit_code": ("NIXFLEET_RESTART_EXIT_CODE", "int", (0, 255)),
 }
-TOML_KEYS = tuple(_SPECS)
 ENV_VARS = {key: spec[0] for key, spec in _SPECS.items()}
 
 

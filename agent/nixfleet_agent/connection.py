@@ -40,7 +40,7 @@ def describe(exc: BaseException) -> str:
     """A short, token-free description of a dial error."""
     if isinstance(exc, websocket.WebSocketBadStatusException):
         return f"HTTP {exc.status_code}"
-    ssl = sys.modules.get("ssl")  # only loaded for wss:// (see cli.avoid_ssl_for_plain_ws)
+    ssl = sys.modules.get("ssl")  # only loaded for wss:// (see cli.avoid_tls_libraries)
     if ssl is not None and isinstance(exc, ssl.SSLError):
         return f"TLS: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, OSError) and exc.strerror:
@@ -84,7 +84,6 @@ class _Session:
         self.pongs: list[bytes] = []
         self.lock = threading.Lock()
         self.close_reason: str | None = None
-        self.registered_ever = False
 
 
 class Connection:
@@ -108,7 +107,6 @@ class Connection:
         self._thread: threading.Thread | None = None
         self._reconnect_now = threading.Event()
         self._wake = threading.Event()
-        self.attempts = 0
         self.sessions = 0
 
     # -- public --------------------------------------------------------------------------------
@@ -142,7 +140,6 @@ class Connection:
         backoff = Backoff(1.0, float(self.cfg.backoff_max), fast_attempts=FAST_ATTEMPTS)
         auth_streak = 0
         while not self._stop.is_set():
-            self.attempts += 1
             try:
                 ws = dial(self.cfg)
             except AuthError as exc:
@@ -197,6 +194,7 @@ class Connection:
             reason = self._reader(session)
         finally:
             session.dead.set()
+            was_registered = session.registered.is_set()
             session.registered.clear()
             _shutdown_socket(ws)  # unblocks a writer stuck in send() on a dead link
             self.outbox.set_live(False)
@@ -206,7 +204,7 @@ class Connection:
             self._session = None
         level = _log.info if session.close_reason or self._stop.is_set() else _log.warn
         level("disconnected", reason=session.close_reason or reason, queued=len(self.outbox))
-        return session.registered_ever
+        return was_registered
 
     def _reader(self, session: _Session) -> str:
         ws = session.ws
@@ -281,7 +279,6 @@ class Connection:
         if isinstance(message, protocol.Registered):
             first = not session.registered.is_set()
             session.registered.set()
-            session.registered_ever = True
             self.outbox.set_live(True)
             if first:
                 _log.info("registered", host=message.host_id or self.cfg.hostname, queued=len(self.outbox))

@@ -11,13 +11,8 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-from . import buildinfo
 
 _PACKAGE = Path(__file__).resolve().parent
-
-
-def source_commit() -> str:
-    return buildinfo.source_commit()
 
 
 @cache

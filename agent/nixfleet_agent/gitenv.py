@@ -14,7 +14,6 @@ config was tampered with (``core.hooksPath`` pointing into the work tree) still 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import stat

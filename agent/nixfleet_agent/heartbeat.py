@@ -108,7 +108,7 @@ class Heartbeat:
             device_type=self.cfg.device_type,
             repo_url=self.cfg.repo_url,
             repo_dir=str(self.cfg.repo_dir),
-            source_commit=freshness.source_commit(),
+            source_commit=buildinfo.source_commit(),
             store_path=freshness.store_path(),
             binary_hash=freshness.code_hash(),
         )
@@ -126,7 +126,7 @@ class Heartbeat:
             command_pid=pid,
             metrics=self.metrics.sample(),
             update_status=self.status.compartments(),
-            source_commit=freshness.source_commit(),
+            source_commit=buildinfo.source_commit(),
             store_path=freshness.store_path(),
             binary_hash=freshness.code_hash(),
             lock_hash=self.repo.lock_hash(),

@@ -82,9 +82,6 @@ class Logger:
     def error(self, event: str, **fields: object) -> None:
         self._emit("error", event, fields)
 
-    def enabled(self, level: str) -> bool:
-        return LEVELS[level] >= _state["level"]
-
 
 def get(component: str) -> Logger:
     return Logger(component)

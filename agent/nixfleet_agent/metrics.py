@@ -17,6 +17,7 @@ class Metrics:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
         self._last_cpu: tuple[int, int] | None = None
+        self._memsize: int | None = None
 
     def sample(self) -> dict[str, float] | None:
         try:
@@ -61,7 +62,9 @@ class Metrics:
                 ["sysctl", "-n", name], capture_output=True, text=True, timeout=5, check=True
             ).stdout.strip()
 
-        memsize = int(sysctl("hw.memsize"))
+        if self._memsize is None:  # constant: one sysctl per agent, not per heartbeat
+            self._memsize = int(sysctl("hw.memsize"))
+        memsize = self._memsize
         vm = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=True).stdout
         page_size = 4096
         pages: dict[str, int] = {}

@@ -26,6 +26,7 @@ class Message:
     text: str
     durable: bool = True
     command: str = ""
+    dropped: int = 0  # for an "output-gap" marker: how many output lines it stands for
 
     @property
     def droppable(self) -> bool:
@@ -78,10 +79,10 @@ class Outbox:
         """Keep one notice per gap, just before the first surviving line, counting what it replaces."""
         if index > 0 and self._items[index - 1].kind == "output-gap":
             gap = self._items[index - 1]
-            count = int(gap.command.split("\0", 1)[0]) + 1
-            gap.command = f"{count}\0{command}"
+            gap.dropped += 1
+            gap.command = command
             return
-        self._items.insert(index, Message("output-gap", "", True, f"1\0{command}"))
+        self._items.insert(index, Message("output-gap", "", True, command, dropped=1))
 
     # -- writer side ---------------------------------------------------------------------------
     def set_live(self, live: bool) -> None:
@@ -130,10 +131,9 @@ class Outbox:
     def _deliverable(item: Message) -> Message:
         if item.kind != "output-gap":
             return item
-        count, command = item.command.split("\0", 1)
-        notice = f"[nixfleet-agent: {count} output line(s) dropped while disconnected (outbox full)]"
-        text = protocol.encode("output", protocol.output(command, notice, "stderr"))
-        return Message("output", text, True, command)
+        notice = f"[nixfleet-agent: {item.dropped} output line(s) dropped while disconnected (outbox full)]"
+        text = protocol.encode("output", protocol.output(item.command, notice, "stderr"))
+        return Message("output", text, True, item.command)
 
     def pop(self, count: int = 1) -> None:
         """Remove ``count`` messages from the head after they were written to the socket."""
@@ -147,15 +147,16 @@ class Outbox:
         with self._cond:
             return len(self._items)
 
-    def drain(self, timeout: float) -> bool:
-        """Wait until empty (e.g. before exit after a switch); True if everything was sent."""
+    def drain(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Wait until empty (e.g. before exit after a switch); True if everything was sent.
+        ``stop`` ends the wait early (re-checked at least every second)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._items:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (stop is not None and stop.is_set()):
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(remaining if stop is None else min(remaining, 1.0))
             return True
 
     def close(self) -> None:

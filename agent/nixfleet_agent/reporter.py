@@ -51,13 +51,6 @@ class Reporter:
     def output(self, command: str, line: str, stream: str = "stdout") -> None:
         self._put("output", protocol.output(command, redact(line), stream), command)
 
-    def emitter(self, command: str) -> Callable[[str, str], None]:
-        """An ``emit(line, stream)`` callable bound to one command, for Repo and helpers."""
-        def emit(line: str, stream: str = "stdout") -> None:
-            self.output(command, line, stream)
-
-        return emit
-
     def status(self, command: str, status: str, exit_code: int, message: str = "") -> None:
         try:
             generation = self._generation()
@@ -93,5 +86,6 @@ class Reporter:
             _log.warn("exit_with_undelivered", queued=len(self._outbox))
         self._exit(code)
 
-    def pending_messages(self) -> int:
-        return len(self._outbox)
+    def wait_delivered(self, timeout: float) -> bool:
+        """Until everything queued (a command's final status included) is on the socket."""
+        return self._outbox.drain(timeout, self._stop)

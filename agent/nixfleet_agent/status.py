@@ -17,8 +17,8 @@ from typing import Any
 
 from . import log
 from .privatefs import write_private
+from .protocol import COMPARTMENTS
 
-COMPARTMENTS = ("git", "lock", "system", "tests")
 LOCK_REFRESH_EVERY = 300.0
 STATE_FILE = "state.json"
 _log = log.get("status")

@@ -162,14 +162,8 @@ class Job:
 
     def wait_delivered(self, timeout: float = 10.0) -> bool:
         """Bounded wait until the Outbox is empty (our status has been written to the socket)."""
-        pending = getattr(self.ctx.reporter, "pending_messages", None)
-        if pending is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while pending() > 0:
-            if time.monotonic() >= deadline or self.ctx.stop_event.wait(0.05):
-                return False
-        return True
+        wait = getattr(self.ctx.reporter, "wait_delivered", None)  # test reporters deliver at once
+        return True if wait is None else bool(wait(timeout))
 
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self.ctx.reporter.progress(phase, current, total, status)
