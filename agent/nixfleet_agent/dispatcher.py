@@ -48,7 +48,6 @@ class Dispatcher:
         self._cancel = False
         self._signal: int | None = None  # the last signal *we* sent to the current job
         self._job: Job | None = None
-        self._worker: threading.Thread | None = None
         watcher = threading.Thread(target=self._on_shutdown, name="dispatcher-shutdown", daemon=True)
         watcher.start()
 
@@ -196,8 +195,7 @@ class Dispatcher:
         job.tracker = _Tracker(self, job)
         with self._lock:
             self._job = job
-        self._worker = threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True)
-        self._worker.start()
+        threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True).start()
 
     def _work(self, job: Job, body: Callable[[Job], None]) -> None:
         try:

@@ -26,7 +26,8 @@ from .repo import Repo, RepoError
 
 _log = log.get("flakeupdate")
 
-NIX = ("nix", "--extra-experimental-features", "nix-command flakes")
+NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
+NIX = ("nix", *NIX_FLAGS)
 NIX_FLAKE_UPDATE = (*NIX, "flake", "update")
 
 

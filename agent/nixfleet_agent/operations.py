@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -97,19 +96,15 @@ def ops_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "operations"
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    write_private(path, json.dumps(data, indent=1), durable=True)
-
-
 def save(state_dir: Path, op: Operation) -> None:
-    _write_json_atomic(ensure_private_dir(ops_dir(state_dir)) / f"{op.id}.json", asdict(op))
+    write_private(ops_dir(state_dir) / f"{op.id}.json", json.dumps(asdict(op), indent=1), durable=True)
 
 
 def load_all(state_dir: Path) -> list[Operation]:
     """All readable operation records, oldest first; a corrupt record is logged and skipped."""
     out: list[Operation] = []
     try:
-        paths = sorted(p for p in ops_dir(state_dir).glob("*.json") if not p.name.endswith(".tmp"))
+        paths = sorted(ops_dir(state_dir).glob("*.json"))
     except OSError:
         return out
     names = set(Operation.__dataclass_fields__)
@@ -230,16 +225,25 @@ class PrivilegedLauncher:
     name = "privileged"
 
     def __init__(self, state_dir: Path) -> None:
-        self.request_dir = Path(state_dir) / "privileged"
+        self.state_dir = Path(state_dir)
 
     def start(self, op: Operation) -> int | None:
-        ensure_private_dir(self.request_dir)
         request = {"id": op.id, "action": op.action, "commit": op.commit, "flake_attr": op.flake_attr}
-        _write_json_atomic(self.request_dir / "request.json", request)
+        write_private(self.request_path(), json.dumps(request, indent=1), durable=True)
         return None
 
     def request_path(self) -> Path:
-        return self.request_dir / "request.json"
+        return request_path(self.state_dir)
+
+
+def request_path(state_dir: Path) -> Path:
+    """Where the agent drops a request for the NixOS root unit (its path unit watches this file)."""
+    return Path(state_dir) / "privileged" / "request.json"
+
+
+def rejected_path(privileged_dir: Path) -> Path:
+    """Where the root unit reports a request it could not even attribute to an id."""
+    return Path(privileged_dir) / "rejected.json"
 
 
 def paths_for(state_dir: Path, privileged_dir: Path, op_id: str, launcher: str) -> tuple[Path, Path]:
@@ -306,7 +310,8 @@ def follow(
                     save_offset(state_dir, op, offset)
                     saved_at, dirty = time.monotonic(), False
                 continue
-            if dirty and not splitter.pending():  # idle at a line boundary: remember exactly where
+            if dirty and not splitter.pending() and time.monotonic() - saved_at >= OFFSET_SAVE_EVERY:
+                # idle at a line boundary: remember exactly where (at most once a second)
                 save_offset(state_dir, op, offset)
                 saved_at, dirty = time.monotonic(), False
             result = read_result(result_path)
@@ -338,7 +343,7 @@ def follow(
                     return Result(exit_code=1, start_error=(
                         "privileged switch request was not picked up within "
                         f"{PICKUP_TIMEOUT:.0f}s (is nixfleet-agent-privileged.path enabled?)"))
-                refusal = _rejection(Path(op.log_path).parent.parent / "rejected.json", op)
+                refusal = _rejection(rejected_path(Path(op.log_path).parent.parent), op)
                 if refusal is not None and not request_path.exists():
                     return Result(exit_code=2, start_error=f"privileged switch request rejected: {refusal}")
             if stop_event.wait(FOLLOW_TICK):
@@ -377,9 +382,3 @@ def signal_group(pid: int, signum: int) -> str | None:
         return str(exc.strerror or exc)
     return None
 
-
-def name_of(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)

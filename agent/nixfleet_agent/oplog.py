@@ -41,11 +41,7 @@ def rotate(state_dir: Path, keep: int = KEEP, protect: tuple[str, ...] = ()) -> 
 
     ``protect`` names op ids that must survive (an operation still running or not yet reported).
     """
-    directory = logs_dir(state_dir)
-    try:
-        logs = sorted(p for p in directory.iterdir() if p.suffix == ".log" and _ID_RE.match(p.stem))
-    except OSError:
-        return []
+    logs = list_logs(state_dir)
     removed: list[Path] = []
     for path in logs[: max(0, len(logs) - keep)]:
         if path.stem in protect:
@@ -75,7 +71,6 @@ class OpLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.op_id = path.stem
         self.error: str | None = None
         self._lock = threading.Lock()
         self._fh: IO[str] | None = None
@@ -135,7 +130,6 @@ class NullLog(OpLog):
 
     def __init__(self) -> None:
         self.path = Path(os.devnull)
-        self.op_id = ""
         self.error = None
         self._lock = threading.Lock()
         self._fh = None

@@ -9,6 +9,7 @@ starts is PID-tracked (``stop``/``kill`` can reach it, heartbeats show it).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -46,6 +47,17 @@ class Tracker(Protocol):
     def sent_signal(self) -> int | None: ...
 
 
+def privileged_switch(cfg: Config) -> bool:
+    """Privileged actions go through the NixOS root unit; it exists only under the NixOS module, so
+    on nix-darwin and Home Manager the setting falls back to detached/sudo."""
+    return cfg.switch_launcher == "privileged" and cfg.platform == "nixos"
+
+
+def sudo_n(argv: list[str]) -> list[str]:
+    """Root's tools for a non-root agent: ``sudo -n`` fails at once instead of waiting for a password."""
+    return argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
+
+
 class Job:
     def __init__(self, ctx: Context, name: str, tracker: Tracker, op_id: str | None = None) -> None:
         self.ctx = ctx
@@ -56,6 +68,11 @@ class Job:
         self._log: oplog.OpLog | None = None
         self._log_lock = threading.Lock()
 
+    @property
+    def repo_path(self) -> Path:
+        """The clone (isolated) or checkout (legacy) this command works in."""
+        return self.ctx.repo.path if self.ctx.repo is not None else Path(self.ctx.cfg.repo_dir)
+
     # ----- output ---------------------------------------------------------------------------------
 
     @property
@@ -64,7 +81,8 @@ class Job:
         with self._log_lock:
             if self._log is None:
                 state_dir = Path(self.ctx.cfg.state_dir)
-                header = f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+                reopened = (oplog.logs_dir(state_dir) / f"{self.op_id}.log").exists()  # after a detached switch
+                header = None if reopened else f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
                 # a switch's log must survive rotation until its result has been reported
                 keep = tuple(op.id for op in operations.unreported(state_dir))
                 try:
@@ -78,10 +96,6 @@ class Job:
             if self._log is not None:
                 self._log.close()
                 self._log = None
-
-    @property
-    def log_path(self) -> Path:
-        return oplog.logs_dir(Path(self.ctx.cfg.state_dir)) / f"{self.op_id}.log"
 
     def say(self, line: str, stream: str = "stdout") -> None:
         line = redact(line)

@@ -9,7 +9,6 @@ it again. ``reboot`` runs on its own thread (upstream slept 3 s in the message l
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from .. import log as logmod
 from .. import operations, oplog
 from ..runner import Result
 from ..runner import run as run_child
-from . import Context
+from . import Context, privileged_switch, sudo_n
 
 _log = logmod.get("control")
 
@@ -39,7 +38,7 @@ def reboot_argv() -> list[str]:
         argv = ["shutdown", "-r", "now"]
     else:
         argv = ["systemctl", "reboot"]
-    return argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
+    return sudo_n(argv)
 
 
 def reboot(ctx: Context) -> None:
@@ -48,7 +47,7 @@ def reboot(ctx: Context) -> None:
     if ctx.stop_event.wait(REBOOT_DELAY):
         rep.status("reboot", "error", 1, "agent shutting down; reboot cancelled")
         return
-    if ctx.cfg.switch_launcher == "privileged":
+    if privileged_switch(ctx.cfg):
         result = _privileged_reboot(ctx)
     else:
         result = run_child(reboot_argv(), command="reboot", reporter=rep)
@@ -64,13 +63,13 @@ def _privileged_reboot(ctx: Context) -> Result:
     """NixOS module: the agent has no sudo; ask the root unit (action ``reboot``) and wait briefly."""
     op_id = oplog.new_op_id()
     launcher = operations.PrivilegedLauncher(Path(ctx.cfg.state_dir))
+    log_path, result_path = operations.paths_for(ctx.cfg.state_dir, ctx.cfg.privileged_dir, op_id, "privileged")
     op = operations.Operation(id=op_id, command="reboot", action="reboot", argv=["systemctl", "reboot"],
-                              launcher="privileged", log_path="", result_path="")
+                              launcher="privileged", log_path=str(log_path), result_path=str(result_path))
     try:
         launcher.start(op)
     except OSError as exc:
         return Result(exit_code=1, start_error=f"cannot write privileged request: {exc.strerror or exc}")
-    result_path = Path(ctx.cfg.privileged_dir) / op_id / "result.json"
     deadline = time.monotonic() + PRIVILEGED_REBOOT_WAIT
     while time.monotonic() < deadline:
         result = operations.read_result(result_path)

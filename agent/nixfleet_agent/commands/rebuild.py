@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import log as logmod
 from .. import flakeupdate, operations
 from ..runner import Result, signal_name
-from . import Job, agentpkg
+from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
 
 _log = logmod.get("rebuild")
@@ -41,16 +41,14 @@ NO_NEG_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
 def _base(job: Job) -> list[str]:
     cfg = job.ctx.cfg
     argv = list(cfg.rebuild_command)
-    privileged = cfg.switch_launcher == "privileged" and cfg.platform == "nixos"
-    if cfg.platform in ("nixos", "darwin") and not privileged and os.geteuid() != 0:
-        argv = ["sudo", "-n", *argv]
+    if cfg.platform in ("nixos", "darwin") and not privileged_switch(cfg):
+        return sudo_n(argv)
     return argv
 
 
 def switch_argv(job: Job, extra: tuple[str, ...] = ()) -> list[str]:
     cfg = job.ctx.cfg
-    repo = job.ctx.repo.path if job.ctx.repo is not None else Path(cfg.repo_dir)
-    return [*_base(job), "switch", "--flake", f"{repo}#{cfg.hostname}", *extra]
+    return [*_base(job), "switch", "--flake", f"{job.repo_path}#{cfg.hostname}", *extra]
 
 
 def hm_profiles_dir() -> Path:
@@ -88,10 +86,13 @@ def previous_generation(profiles: Path) -> int | None:
     return older[-1] if older else None
 
 
+def current_link(platform: str) -> Path:
+    """What the running system is: the system profile (NixOS, nix-darwin) or Home Manager's."""
+    return Path("/run/current-system") if platform in ("nixos", "darwin") else hm_profiles_dir() / "home-manager"
+
+
 def _pre_system(platform: str) -> str:
-    path = Path("/run/current-system") if platform == "nixos" else hm_profiles_dir() / "home-manager"
-    if platform == "darwin":
-        path = Path("/run/current-system")
+    path = current_link(platform)
     return os.path.realpath(path) if path.exists() else ""
 
 
@@ -126,7 +127,7 @@ def force_update(job: Job) -> None:
     agent_input = job.ctx.cfg.agent_input  # upstream: `nix flake update nixfleet`, the agent's input only
     job.say(f"━━━ Step 2/3: nix flake update {agent_input} ━━━")
     repo = job.ctx.repo
-    cwd = repo.path if repo is not None else Path(job.ctx.cfg.repo_dir)
+    cwd = job.repo_path
     if repo is not None and flakeupdate.missing_inputs(repo, (agent_input,)):
         job.err(f"❌ flake.lock has no input named {agent_input} (set agent_input to the input that provides "
                 "nixfleet-agent)")
@@ -137,7 +138,7 @@ def force_update(job: Job) -> None:
         if not job.stopped_status(res):
             job.status("error", res.exit_code or 1, "nix flake update failed")
         return
-    if job.ctx.cfg.switch_launcher == "privileged":
+    if privileged_switch(job.ctx.cfg):
         job.err("note: the privileged switch builds the committed revision; the local flake.lock update is not used")
     job.say("━━━ Step 3/3: Rebuild ━━━")
     _switch(job, NO_NEG_CACHE)
@@ -197,15 +198,16 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
 def _new_operation(job: Job, action: str, argv: list[str]) -> operations.Operation:
     cfg = job.ctx.cfg
     # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
-    launcher = "privileged" if cfg.switch_launcher == "privileged" and cfg.platform == "nixos" else "detached"
+    launcher = "privileged" if privileged_switch(cfg) else "detached"
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
     repo = job.ctx.repo
+    commit = repo.head() if repo is not None else ""
     return operations.Operation(
         id=job.op_id, command=job.name, action=action, argv=argv, launcher=launcher,
         log_path=str(log_path), result_path=str(result_path),
         cwd=str(repo.path) if repo is not None else "",
-        commit=repo.head() if repo is not None else "",
-        pre_generation=repo.generation() if repo is not None else "",
+        commit=commit,
+        pre_generation=commit[:7],
         pre_system=_pre_system(cfg.platform), agent_before=agentpkg.fingerprint(cfg.platform),
         flake_attr=cfg.hostname,
     )
@@ -242,7 +244,7 @@ def launch_and_follow(job: Job, op: operations.Operation) -> Result | None:
 def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     ctx = job.ctx
     job.tracker.track(op.pid, detached=True)
-    request = operations.PrivilegedLauncher(ctx.cfg.state_dir).request_path() if op.launcher == "privileged" else None
+    request = operations.request_path(ctx.cfg.state_dir) if op.launcher == "privileged" else None
     if op.launcher == "privileged":  # root's log lives elsewhere: keep a copy in ours
         def emit(line: str) -> None:
             job.say(line)

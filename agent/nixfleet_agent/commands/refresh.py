@@ -9,11 +9,11 @@ rather than something to show; ``refresh-system`` keeps upstream's 60 s limit.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .. import buildinfo
+from ..flakeupdate import NIX_FLAGS
 from . import Job, agentpkg
-from .rebuild import hm_profiles_dir
+from .rebuild import current_link
 
 SYSTEM_TIMEOUT = 60.0
 VERSION_TIMEOUT = 10.0
@@ -44,29 +44,29 @@ def refresh_lock(job: Job) -> None:
 
 def _refresh_lock(job: Job) -> dict[str, str]:
     ctx = job.ctx
-    repo_dir = ctx.repo.path if ctx.repo is not None else Path(ctx.cfg.repo_dir)
-    return ctx.status.refresh_lock(repo_dir, force=True)
+    return ctx.status.refresh_lock(job.repo_path, force=True)
 
 
 def system_verdict(job: Job) -> tuple[str, str]:
     cfg = job.ctx.cfg
-    repo = job.ctx.repo.path if job.ctx.repo is not None else Path(cfg.repo_dir)
+    repo = job.repo_path
     host = cfg.hostname
+    link = current_link(cfg.platform)
     if cfg.platform == "home-manager":
-        attr, current_link, what = f"homeConfigurations.{host}.activationPackage", hm_profiles_dir() / "home-manager", "Home Manager"
-        if not current_link.exists():
+        attr, what = f"homeConfigurations.{host}.activationPackage", "Home Manager"
+        if not link.exists():
             return "unknown", "No Home Manager profile found"
     else:
         kind = "darwinConfigurations" if cfg.platform == "darwin" else "nixosConfigurations"
         attr = f"{kind}.{host}." + ("system" if cfg.platform == "darwin" else "config.system.build.toplevel")
-        current_link, what = Path("/run/current-system"), "System"
+        what = "System"
     try:
-        current = os.path.realpath(current_link, strict=True)
+        current = os.path.realpath(link, strict=True)
     except OSError as exc:
         return "error", f"Cannot read current system: {exc.strerror or exc}"
     cap = Capture()
     env = job.repo_env()
-    res = job.run(["nix", "build", "--extra-experimental-features", "nix-command flakes", "--dry-run", "--json",
+    res = job.run(["nix", "build", *NIX_FLAGS, "--dry-run", "--json",
                    f"{repo}#{attr}"], env, repo, timeout=SYSTEM_TIMEOUT, sink=cap)
     if not res.ok:
         first = next((line for line in cap.lines if line.strip()), res.describe())

@@ -21,8 +21,7 @@ NIX_PROFILE_SH = "~/.nix-profile/etc/profile.d/nix.sh"
 def test(job: Job) -> None:
     ctx = job.ctx
     cfg = ctx.cfg
-    repo_path = ctx.repo.path if ctx.repo is not None else Path(cfg.repo_dir)
-    tests_dir = repo_path / "hosts" / cfg.hostname / "tests"
+    tests_dir = job.repo_path / "hosts" / cfg.hostname / "tests"
     job.progress("tests", 0, 8, "in_progress")
     ctx.status.set("tests", "working", "Tests running...")
     try:
@@ -52,7 +51,7 @@ def test(job: Job) -> None:
         argv = [str(script)]
         if cfg.platform != "nixos" and nix_sh.is_file():
             argv = ["/bin/sh", "-c", '. "$1"; exec "$2"', "sh", str(nix_sh), str(script)]
-        result = job.run(argv, None, repo_path)
+        result = job.run(argv, None, job.repo_path)
         if result.ok:
             passed += 1
             job.say(f"✅ {script.name} passed")
