@@ -29,6 +29,7 @@ from .status import StatusStore, now_rfc3339
 
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
+SHUTDOWN_COMMAND_WAIT = 5.0  # seconds a running command gets to record where it got to on shutdown
 
 
 def _optional_module(name: str) -> Any | None:
@@ -252,6 +253,8 @@ class Agent:
         self._threads.append(ticker)
         self._wait_for_stop()
         _log.info("stopping", exit_code=self.exit_code)
+        if self.dispatcher is not None:
+            self.dispatcher.join(SHUTDOWN_COMMAND_WAIT)
         if self.connection.registered:
             self.outbox.drain(2.0)  # last output lines; request_exit has already flushed its own
         self.connection.shutdown("shutdown", timeout=2.0)

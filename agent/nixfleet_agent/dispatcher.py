@@ -48,6 +48,7 @@ class Dispatcher:
         self._cancel = False
         self._signal: int | None = None  # the last signal *we* sent to the current job
         self._job: Job | None = None
+        self._worker: threading.Thread | None = None
         watcher = threading.Thread(target=self._on_shutdown, name="dispatcher-shutdown", daemon=True)
         watcher.start()
 
@@ -193,9 +194,19 @@ class Dispatcher:
     def _start_worker(self, name: str, body: Callable[[Job], None], op_id: str | None = None) -> None:
         job = Job(self.ctx, name, _Tracker(self), op_id)
         job.tracker = _Tracker(self, job)
+        worker = threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True)
         with self._lock:
-            self._job = job
-        threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True).start()
+            self._job, self._worker = job, worker
+        worker.start()
+
+    def join(self, timeout: float) -> None:
+        """Agent shutdown: give the running command time to wind down before the process exits.
+        A followed switch saves its log offset and an attached command reports how it ended; a
+        daemon thread cut off mid-way would make the next agent repeat or miss output."""
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
 
     def _work(self, job: Job, body: Callable[[Job], None]) -> None:
         try:

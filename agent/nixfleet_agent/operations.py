@@ -16,9 +16,11 @@ agent's pipes, dies with it or is killed by SIGPIPE (upstream P1920). So:
    ``privileged`` - NixOS: writes ``privileged/request.json`` for the root unit and follows
    ``<privileged_dir>/<id>/output.log`` and ``result.json`` (contract in docs/architecture.md).
 3. The agent streams the operation by following the log file (read to EOF, then wait 50 ms; the
-   rebuild's output reaches the dashboard within tens of milliseconds) and keeps the streamed byte
-   offset in ``operations/<id>.offset`` (at most once a second), so a restarted agent resumes
-   where the previous one stopped instead of replaying the whole log.
+   rebuild's output reaches the dashboard within tens of milliseconds) and keeps the offset of the
+   last whole line it emitted in ``operations/<id>.offset`` (at most once a second, and always on
+   shutdown, which waits for it), so a restarted agent resumes where the previous one stopped
+   instead of replaying the whole log. Only an agent killed outright (SIGKILL, power loss) repeats
+   up to a second of lines: at least once, never lost.
 4. When the result exists and the log is drained, the final status is reported and the record is
    marked ``reported`` - a restarted agent finds unreported records and reports each exactly once.
 """
@@ -307,12 +309,12 @@ def follow(
                 offset += len(data)
                 dirty = True
                 if time.monotonic() - saved_at >= OFFSET_SAVE_EVERY:
-                    save_offset(state_dir, op, offset)
+                    save_offset(state_dir, op, offset - splitter.pending_bytes())
                     saved_at, dirty = time.monotonic(), False
                 continue
             if dirty and not splitter.pending() and time.monotonic() - saved_at >= OFFSET_SAVE_EVERY:
                 # idle at a line boundary: remember exactly where (at most once a second)
-                save_offset(state_dir, op, offset)
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
                 saved_at, dirty = time.monotonic(), False
             result = read_result(result_path)
             if result is not None:
@@ -322,13 +324,13 @@ def follow(
                     fh.seek(-1, os.SEEK_CUR)
                     continue
                 splitter.close()
-                save_offset(state_dir, op, offset)
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return result
             if op.launcher == "detached" and not pid_alive(op.pid):
                 if read_result(result_path) is not None:
                     continue
                 splitter.close()
-                save_offset(state_dir, op, offset)
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
                 sig = killed_by()
                 if sig is not None:
                     return Result(exit_code=128 + sig, signal=sig)
@@ -347,7 +349,7 @@ def follow(
                 if refusal is not None and not request_path.exists():
                     return Result(exit_code=2, start_error=f"privileged switch request rejected: {refusal}")
             if stop_event.wait(FOLLOW_TICK):
-                save_offset(state_dir, op, offset)
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return None
     finally:
         if fh is not None:

@@ -108,6 +108,11 @@ class LineSplitter:
         """True while a partial line is buffered (no newline seen yet)."""
         return bool(self._buf or self._dropped)
 
+    def pending_bytes(self) -> int:
+        """Bytes of the partial line held back: a reader that resumes later starts that many bytes
+        before its read offset, so the line is emitted whole, once."""
+        return len(self._buf) + self._dropped
+
     def close(self) -> None:
         """Emit a final line that had no newline (EOF)."""
         if self._buf or self._dropped:

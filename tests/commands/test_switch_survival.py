@@ -157,3 +157,26 @@ def test_home_manager_boots_the_agent_out_mid_switch(session) -> None:
     lines = session.lines(session.dash.messages(since=mark))
     assert "after bootout 2" in lines and "Activation finished" in lines
     assert len(_statuses(session.dash)) == 1
+
+
+def test_agent_stopped_mid_switch_hands_over_every_line_exactly_once(session) -> None:
+    """systemctl stop / restart while a switch streams: the next agent continues at the exact line
+    where the old one stopped, and a line half written at that moment arrives whole, once."""
+    shims = session.shims
+    shims.set("hold", "1")
+    shims.set("partial", "straddling line")
+    shims.set("rebuild_lines", 5)
+    session.start()
+    mark = session.send("switch")
+    session.dash.wait_message("output", since=mark, where=lambda r: "holding" in r.payload["line"], timeout=10)
+    assert session.agent.stop() == 0  # SIGTERM right after the line arrived: no time to save lazily
+    shims.clear("hold")
+    session.start()
+    status = session.status_of("switch", mark, timeout=15).payload
+    assert status["status"] == "ok", status
+    lines = [line for line in session.lines(session.dash.messages(since=mark))
+             if "holding" in line or "derivations" in line or "straddling" in line or line == "switch done"]
+    assert lines == [*(f"these 0 derivations will be built (line {i})" for i in range(5)),
+                     "nixos-rebuild: holding (test gate)",
+                     "straddling line (first half, second half)",
+                     "switch done"], lines
