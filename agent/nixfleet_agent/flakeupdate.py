@@ -77,7 +77,7 @@ class InputChange:
 class UpdateResult:
     """What happened, for the command to report. ``exit_code`` 0 unless the update itself failed."""
 
-    outcome: str  # "pushed" | "up-to-date" | "no-push-access" | "updated-locally" | "failed"
+    outcome: str  # pushed | up-to-date | no-push-access | updated-locally | committed-locally | failed
     message: str
     exit_code: int = 0
     attempts: int = 0
@@ -223,6 +223,32 @@ def _nix_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> int:
 def _lock_dirty(repo: Repo) -> bool:
     status = repo.git("status", "--porcelain", "--", "flake.lock")
     return bool(status.stdout.strip())
+
+
+def commit_lock_locally(repo: Repo) -> UpdateResult:
+    """``force-update`` under the NixOS privileged launcher: root builds exactly one commit of the
+    clone, never its work tree, so an updated ``flake.lock`` is committed in the agent's own clone.
+    Not pushed (publishing a lock is ``update``'s job); the next pull resets the clone to the remote.
+    The user's checkout in legacy mode is not the agent's to commit into: it only gets a note."""
+    if not repo.isolated:
+        return UpdateResult("updated-locally", "note: legacy config_repo mode: the privileged switch builds the "
+                            "checked-out commit, without this flake.lock update")
+    if not _lock_dirty(repo):
+        return UpdateResult("up-to-date", f"flake.lock unchanged: building {repo.head()[:7]}")
+    old = repo.git("show", "HEAD:flake.lock")
+    changes = lock_changes(old.stdout if old.ok else None, _read_lock(repo))
+    env = repo.git_env(repo.author_env())
+    commit = repo.git("add", "--", "flake.lock", env=env)
+    if commit.ok:
+        message = commit_message(changes, repo.cfg.hostname) + "(force-update on this host; not pushed)\n"
+        commit = repo.git("commit", "-q", "--no-verify", "-m", message, env=env)
+    if not commit.ok:
+        return UpdateResult("failed", f"cannot commit the updated flake.lock for the privileged switch: "
+                            f"{commit.error_text()}", 1, 1, changes)
+    sha = repo.head()
+    names = ", ".join(c.name for c in changes) or "flake.lock"
+    return UpdateResult("committed-locally", f"committed {names} locally as {sha[:7]} (not pushed) for the "
+                        "privileged switch", 0, 1, changes, sha)
 
 
 def _legacy_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> UpdateResult:

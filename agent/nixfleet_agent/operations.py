@@ -89,6 +89,7 @@ class Operation:
     pre_system: str = ""
     agent_before: str = ""
     flake_attr: str = ""
+    refresh: bool = False  # privileged: build bypassing Nix's negative narinfo cache (force-*)
     pid: int | None = None
     started_at: float = field(default_factory=time.time)
     reported: bool = False
@@ -230,7 +231,10 @@ class PrivilegedLauncher:
         self.state_dir = Path(state_dir)
 
     def start(self, op: Operation) -> int | None:
-        request = {"id": op.id, "action": op.action, "commit": op.commit, "flake_attr": op.flake_attr}
+        request: dict[str, object] = {"id": op.id, "action": op.action, "commit": op.commit,
+                                      "flake_attr": op.flake_attr}
+        if op.refresh:  # only when asked, so a plain switch stays readable by an older root unit
+            request["refresh"] = True
         write_private(self.request_path(), json.dumps(request, indent=1), durable=True)
         return None
 

@@ -33,7 +33,9 @@ from . import log
 
 ACTIONS = ("switch", "boot", "test", "rollback", "reboot")
 BUILD_ACTIONS = ("switch", "boot", "test")
-FIELDS = ("id", "action", "commit", "flake_attr")
+FIELDS = ("id", "action", "commit", "flake_attr", "refresh")
+# force-update/force-rebuild: a substitute that was missing a minute ago may be there now
+NO_NEGATIVE_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2
 
@@ -60,6 +62,7 @@ class Request:
     action: str
     commit: str
     flake_attr: str
+    refresh: bool = False
 
 
 def _open_dir_nofollow(path: Path) -> int:
@@ -162,7 +165,10 @@ def parse_request(data: bytes) -> Request:
                            request_id, action)
     if not isinstance(attr, str) or ((needs_build or attr) and not _ATTR.fullmatch(attr)):
         raise RequestError("flake_attr", f"must match [A-Za-z0-9._-]{{1,63}} (got {_show(attr)})", request_id, action)
-    return Request(id=request_id, action=action, commit=commit, flake_attr=attr)
+    refresh = doc.get("refresh", False)
+    if not isinstance(refresh, bool):
+        raise RequestError("refresh", f"must be true or false (got {_show(refresh)})", request_id, action)
+    return Request(id=request_id, action=action, commit=commit, flake_attr=attr, refresh=refresh)
 
 
 def _show(value: object) -> str:
@@ -188,7 +194,8 @@ def git_env(repo: Path, base: Mapping[str, str]) -> dict[str, str]:
 
 def action_argv(req: Request, repo: Path, nixos_rebuild: str, systemctl: str) -> list[str]:
     if req.action in BUILD_ACTIONS:
-        return [nixos_rebuild, req.action, "--flake", f"git+file://{repo}?rev={req.commit}#{req.flake_attr}"]
+        argv = [nixos_rebuild, req.action, "--flake", f"git+file://{repo}?rev={req.commit}#{req.flake_attr}"]
+        return [*argv, *NO_NEGATIVE_CACHE] if req.refresh else argv
     if req.action == "rollback":
         return [nixos_rebuild, "switch", "--rollback"]
     return [systemctl, "reboot"]

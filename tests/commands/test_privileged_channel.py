@@ -3,6 +3,7 @@ run the way the path unit runs it whenever ``request.json`` appears."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -60,5 +61,47 @@ def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> N
         assert status["status"] == "error" and status["exit_code"] == 5, status
         assert session.shims.calls("nixos-rebuild")[-1]["argv"] == ["switch", "--rollback"]
         wait_for(lambda: len(root.runs) == 2, 5, "two root runs")
+    finally:
+        root.close()
+
+
+def test_force_update_builds_the_updated_lock_through_the_root_unit(session, fleet_repo, tmp_path: Path) -> None:
+    """Root builds a commit, never the work tree: force-update commits the new lock in the agent's
+    clone (not pushed) and the root unit builds that commit with the negative cache off."""
+    lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
+                      "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+    (fleet_repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
+    git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet input")
+    origin_head = git(fleet_repo, "rev-parse", "HEAD")
+    out_dir = tmp_path / "privileged-root"
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    clone = state / "repo"
+    root = RootUnit(state, out_dir, session.agent.env)
+    try:
+        session.shims.set("lock_rev", "1" * 40)
+        mark = session.dash.mark()
+        status, records = session.run("force-update", timeout=60)
+        assert status["status"] == "ok", (status, session.lines(records))
+        head = git(clone, "rev-parse", "HEAD")
+        assert head != origin_head and git(clone, "rev-parse", "HEAD~1") == origin_head
+        built = json.loads(git(clone, "show", f"{head}:flake.lock"))
+        assert built["nodes"]["nixfleet"]["locked"]["rev"] == "1" * 40
+        argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
+        assert argv[:3] == ["switch", "--flake", f"git+file://{clone}?rev={head}#{HOST}"], argv
+        assert argv[3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
+        assert any(f"locally as {head[:7]} (not pushed)" in line for line in session.lines(records))
+        assert git(fleet_repo, "rev-parse", "HEAD") == origin_head  # nothing published
+        # force-rebuild: the same option, on the commit as it is
+        session.wait_reregistered(mark)
+        mark = session.dash.mark()
+        session.run("force-rebuild", timeout=30)
+        argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
+        assert argv[-3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
+        # and a plain switch pulls: the local commit is gone, origin's lock is built again
+        session.wait_reregistered(mark)
+        session.run("pull-switch", timeout=30)
+        assert git(clone, "rev-parse", "HEAD") == origin_head
+        assert "--option" not in session.shims.calls("nixos-rebuild")[-1]["argv"]
     finally:
         root.close()

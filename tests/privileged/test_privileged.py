@@ -221,6 +221,24 @@ def test_bad_flake_attr_is_rejected(host: Host, attr: object) -> None:
     assert host.shim_calls() == []
 
 
+def test_refresh_turns_off_the_negative_cache_for_builds_only(host: Host) -> None:
+    host.write(host.good(refresh=True))
+    assert host.run() == 0
+    flake = f"git+file://{host.repo}?rev={host.commit}#web1"
+    assert host.shim_calls() == [f"switch --flake {flake} --option narinfo-cache-negative-ttl 0"]
+    host.write({"id": "r2", "action": "rollback", "commit": "", "flake_attr": "", "refresh": True})
+    assert host.run() == 0
+    assert host.shim_calls()[-1] == "switch --rollback"
+
+
+@pytest.mark.parametrize("refresh", ["true", 1, None, "--option sandbox false"])
+def test_non_boolean_refresh_is_rejected(host: Host, refresh: object) -> None:
+    host.write(host.good(refresh=refresh))
+    assert host.run() == 2
+    assert str(host.result()["error"]).startswith("refresh: must be true or false")
+    assert host.shim_calls() == []
+
+
 def test_unknown_field_is_rejected(host: Host) -> None:
     host.write(host.good(extra_args="--option sandbox false"))
     assert host.run() == 2

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import log as logmod
 from .. import flakeupdate, operations
+from ..privileged import NO_NEGATIVE_CACHE
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
@@ -35,7 +36,7 @@ LABELS = {
     "force-update": "Force update", "force-rebuild": "Force rebuild",
 }
 SWITCH_LIKE = ("switch", "pull-switch", "force-update", "force-rebuild")
-NO_NEG_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
+NO_NEG_CACHE = NO_NEGATIVE_CACHE
 
 
 def _base(job: Job) -> list[str]:
@@ -138,8 +139,14 @@ def force_update(job: Job) -> None:
         if not job.stopped_status(res):
             job.status("error", res.exit_code or 1, "nix flake update failed")
         return
-    if privileged_switch(job.ctx.cfg):
-        job.err("note: the privileged switch builds the committed revision; the local flake.lock update is not used")
+    if privileged_switch(job.ctx.cfg) and repo is not None:
+        # root builds a commit of the clone, never its work tree: the new lock must be in one
+        committed = flakeupdate.commit_lock_locally(repo)
+        if committed.exit_code != 0:
+            job.err(f"❌ {committed.message}")
+            job.status("error", 1, committed.message)
+            return
+        job.say(committed.message)
     job.say("━━━ Step 3/3: Rebuild ━━━")
     _switch(job, NO_NEG_CACHE)
 
@@ -185,6 +192,7 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
     op = _new_operation(job, "switch", switch_argv(job, extra))
+    op.refresh = bool(extra)  # the privileged root unit adds the same --option itself
     job.say(f"$ {' '.join(op.argv)}" if op.launcher == "detached" else
             f"requesting privileged switch of {op.commit[:7]} for {op.flake_attr}")
     result = launch_and_follow(job, op)
