@@ -177,18 +177,20 @@ def update(
     rand: Callable[[], float] = random.random,
     emit: Callable[[str, str], None] | None = None,
     inputs: Sequence[str] = (),
+    track: Callable[[int | None], None] | None = None,
 ) -> UpdateResult:
     """Update, commit and push ``flake.lock``; see the module docstring for the retry policy.
 
     ``emit`` (line, stream) receives the notes (changed inputs, rejected pushes, fallback reason).
     ``inputs`` limits the update to those flake inputs (``bump-flake``: only ``nixfleet``).
+    ``track`` hears the PID of each ``git push`` (and None after), so ``stop`` can end a hung push.
     """
     with repo.emitting(emit):
         try:
             if not repo.isolated:
                 return _legacy_update(repo, run, inputs)
             return _isolated_update(repo, run, inputs, stop, attempts or repo.cfg.update_attempts, backoff_base,
-                                    backoff_cap, rand)
+                                    backoff_cap, rand, track)
         except RepoError as exc:
             repo.emit(f"error: {exc}", "stderr")
             return UpdateResult("failed", str(exc), 1)
@@ -274,6 +276,7 @@ def _isolated_update(
     base: float,
     cap: float,
     rand: Callable[[], float],
+    track: Callable[[int | None], None] | None = None,
 ) -> UpdateResult:
     if repo.pull(run) != 0:
         return UpdateResult("failed", "pull before update failed", 1, 0)
@@ -308,7 +311,7 @@ def _isolated_update(
         sha = repo.head()
         push = repo.git(
             "push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{repo.branch}",
-            timeout=float(repo.cfg.git_timeout), env=env,
+            timeout=float(repo.cfg.git_timeout), env=env, on_pid=track,
         )
         for line, stream in push.lines():
             repo.emit(line, stream)

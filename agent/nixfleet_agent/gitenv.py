@@ -205,12 +205,14 @@ def run_captured(
     env: Mapping[str, str] | None,
     cwd: Path | None,
     timeout: float | None,
+    on_pid: Callable[[int | None], None] | None = None,
 ) -> GitResult:
     """Run a short command to completion with captured output and a hard deadline.
 
     For checks and small steps whose output we need to read (rev-parse, get-url, fsck, push).
     The child gets its own session so a timeout kills ssh along with git; stdin is /dev/null so
-    nothing can ever wait for input; files it creates are private (umask 077).
+    nothing can ever wait for input; files it creates are private (umask 077). ``on_pid`` hears
+    the child's PID and then None, so a network step (push) can be ``stop``ped like any command.
     """
     try:
         proc = subprocess.Popen(
@@ -225,6 +227,8 @@ def run_captured(
         )
     except OSError as exc:
         return GitResult(127, "", f"fatal: cannot run {argv[0]}: {exc.strerror}")
+    if on_pid is not None:
+        on_pid(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
         timed_out = False
@@ -235,6 +239,9 @@ def run_captured(
             pass
         out, err = proc.communicate()
         timed_out = True
+    finally:
+        if on_pid is not None:
+            on_pid(None)
     return GitResult(
         proc.returncode if not timed_out else 124,
         out.decode("utf-8", "replace"),

@@ -143,9 +143,10 @@ class Repo:
             "GIT_COMMITTER_EMAIL": email,
         }
 
-    def git(self, *args: str, timeout: float | None = CHECK_TIMEOUT, env: Mapping[str, str] | None = None) -> gitenv.GitResult:
+    def git(self, *args: str, timeout: float | None = CHECK_TIMEOUT, env: Mapping[str, str] | None = None,
+            on_pid: Callable[[int | None], None] | None = None) -> gitenv.GitResult:
         """Run git on the clone with captured output (for checks and short steps)."""
-        return gitenv.run_captured(["git", "-C", str(self.path), *args], env or self.git_env(), None, timeout)
+        return gitenv.run_captured(["git", "-C", str(self.path), *args], env or self.git_env(), None, timeout, on_pid)
 
     def emit(self, line: str, stream: str = "stdout") -> None:
         target = self._call_emit or self._emit_fn

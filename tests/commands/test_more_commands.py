@@ -109,3 +109,24 @@ def test_privileged_reboot_goes_through_the_root_unit(session, tmp_path: Path) -
     assert seen[0]["action"] == "reboot"
     assert status["status"] == "error" and "reboot: denied" in status["message"]
     assert not session.shims.calls("systemctl") and not session.shims.calls("sudo")
+
+
+def test_stop_ends_a_push_that_hangs(session, fleet_repo, tmp_path: Path) -> None:
+    """A push waiting on a stuck remote is a tracked child like any other: `stop` ends it at once
+    (instead of after git_timeout) and the command reports `stopped`, the remote untouched."""
+    _add_agent_input(fleet_repo)
+    git(fleet_repo, "config", "receive.denyCurrentBranch", "ignore")
+    reached = tmp_path / "push-reached-the-remote"
+    hook = fleet_repo / ".git" / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\ntouch {reached}\nsleep 120\n")
+    hook.chmod(0o755)
+    before = git(fleet_repo, "rev-parse", "HEAD")
+    session.shims.set("lock_rev", "1" * 40)
+    session.start(NIXFLEET_GIT_TIMEOUT="300")
+    mark = session.send("bump-flake")
+    wait_for(reached.exists, 30, "the push to reach the remote's hook")
+    stop = session.status_of("stop", session.send("stop")).payload
+    assert stop["status"] == "ok" and "SIGTERM to bump-flake" in stop["message"], stop
+    status = session.status_of("bump-flake", mark, timeout=30).payload
+    assert status["status"] == "stopped", status
+    assert git(fleet_repo, "rev-parse", "HEAD") == before

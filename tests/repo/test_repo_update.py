@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -176,6 +178,38 @@ def test_two_agents_updating_at_once_both_finish_linearly(tmp_path: Path, flake:
     assert len(updates) == outcomes.count("pushed")
     if "up-to-date" in outcomes:
         assert any("already up to date" in r.message for r in results)
+
+
+def test_a_hung_push_reports_its_pid_and_ends_when_signalled(tmp_path: Path, flake: FlakeRemote,
+                                                            run: Collect) -> None:
+    """``stop`` during ``update``: the push is PID-tracked like any child, so the dispatcher's SIGTERM
+    to its process group ends it (here a remote whose pre-receive hook hangs) instead of waiting
+    for git_timeout; the remote is untouched and the clone goes back to the remote's state."""
+    hook = flake.bare / "hooks" / "pre-receive"
+    reached = tmp_path / "push-reached-the-remote"
+    hook.write_text(f"#!/bin/sh\ntouch {reached}\nsleep 120\n")
+    hook.chmod(0o755)
+    before = flake.head()
+    flake.bump_dep("v2")
+    repo = Repo(make_cfg(tmp_path, repo_url=flake.url, git_timeout=300))
+    repo.ensure()
+    tracked: list[int | None] = []
+    results: list[UpdateResult] = []
+
+    def track(pid: int | None) -> None:
+        tracked.append(pid)
+        if pid is not None:  # what Dispatcher.stop does with the tracked PID
+            threading.Timer(1.0, os.killpg, (os.getpgid(pid), signal.SIGTERM)).start()
+
+    worker = threading.Thread(target=lambda: results.append(flakeupdate.update(repo, run, track=track)))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the push ignored SIGTERM"
+    (result,) = results
+    assert result.outcome == "failed" and result.message.startswith("push failed"), result
+    assert reached.exists()  # it really hung in the remote, not before
+    assert len(tracked) == 2 and tracked[0] and tracked[1] is None  # announced, then cleared
+    assert flake.head() == before and repo.head() == before
 
 
 def test_read_only_git_daemon_remote_falls_back_to_pull_switch(

@@ -9,7 +9,10 @@ credentials, read-only deploy key) falls back to pull + switch, as upstream's v1
 
 from __future__ import annotations
 
+import signal
+
 from .. import flakeupdate
+from ..operations import signal_group
 from . import Job
 from .rebuild import pull_switch
 
@@ -21,7 +24,8 @@ def update(job: Job, inputs: tuple[str, ...] = ()) -> None:
         job.status("error", 1, "no repository")
         return
     job.say(f"🔄 Updating flake input{'s' if not inputs else ''} {', '.join(inputs)}".rstrip() + "...")
-    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say, inputs=inputs)
+    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say, inputs=inputs,
+                                track=lambda pid: _track_push(job, pid))
     if result.needs_pull_switch:
         job.err("⚠️  Cannot push flake.lock from this host: falling back to pull + switch")
         pull_switch(job)
@@ -35,6 +39,13 @@ def update(job: Job, inputs: tuple[str, ...] = ()) -> None:
         job.say(f"✅ {result.message}")
         job.status("ok", 0, result.message)
     ctx.reporter.heartbeat_now()
+
+
+def _track_push(job: Job, pid: int | None) -> None:
+    """A push is PID-tracked like any child; one started after a ``stop`` arrived ends at once."""
+    job.tracker.track(pid)
+    if pid is not None and job.tracker.cancelled():
+        signal_group(pid, signal.SIGTERM)
 
 
 def bump_flake(job: Job) -> None:
