@@ -23,8 +23,8 @@ from .config import Config
 from .connection import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
 from .outbox import Message, Outbox
-from .reporter import Reporter
 from .privatefs import ensure_private_dir
+from .reporter import Reporter
 from .status import StatusStore, now_rfc3339
 
 _log = log.get("agent")
@@ -183,6 +183,9 @@ class Agent:
             _log.warn("repo_prepare_slow", waited_s=REPO_PREPARE_WAIT, hint="connecting while the clone goes on")
 
     def _repo_prepare_loop(self, first_attempt: threading.Event) -> None:
+        if self.repo is None:  # no repository configured: nothing to prepare
+            first_attempt.set()
+            return
         try:
             self.repo.ensure()
         except Exception as exc:  # noqa: BLE001 - RepoError or worse: report and retry, never fatal

@@ -21,13 +21,12 @@ from .log import LEVELS
 from .secret import Secret, read_token_file
 
 
-
 def _toml() -> Any:
     """The TOML parser, imported only when a config file is used (keeps env-only agents smaller)."""
     try:
         import tomllib
     except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
     return tomllib
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import random
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 from . import gitenv, log
 from .gitenv import RunFn

@@ -11,7 +11,6 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-
 _PACKAGE = Path(__file__).resolve().parent
 
 

@@ -18,9 +18,9 @@ import shlex
 import signal
 import stat
 import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from .redact import redact
 

@@ -18,9 +18,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from . import gitenv, log
 from .config import Config

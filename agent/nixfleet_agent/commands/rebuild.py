@@ -22,8 +22,8 @@ import os
 import re
 from pathlib import Path
 
-from .. import log as logmod
 from .. import flakeupdate, operations
+from .. import log as logmod
 from ..privileged import NO_NEGATIVE_CACHE
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
