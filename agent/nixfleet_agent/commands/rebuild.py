@@ -36,7 +36,6 @@ LABELS = {
     "force-update": "Force update", "force-rebuild": "Force rebuild",
 }
 SWITCH_LIKE = ("switch", "pull-switch", "force-update", "force-rebuild")
-NO_NEG_CACHE = NO_NEGATIVE_CACHE
 
 
 def _base(job: Job) -> list[str]:
@@ -148,12 +147,12 @@ def force_update(job: Job) -> None:
             return
         job.say(committed.message)
     job.say("━━━ Step 3/3: Rebuild ━━━")
-    _switch(job, NO_NEG_CACHE)
+    _switch(job, NO_NEGATIVE_CACHE)
 
 
 def force_rebuild(job: Job) -> None:
     job.say("━━━ Rebuild (narinfo-cache-negative-ttl 0) ━━━")
-    _switch(job, NO_NEG_CACHE)
+    _switch(job, NO_NEGATIVE_CACHE)
 
 
 def rollback(job: Job) -> None:
