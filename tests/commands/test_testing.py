@@ -60,3 +60,16 @@ def test_script_killed_by_a_signal(session, fleet_repo) -> None:
     status, records = session.run("test")
     assert status["status"] == "error"
     assert "❌ T01-crash.sh failed (terminated by SIGKILL)" in session.lines(records)
+
+
+def test_agent_shutdown_mid_test_reports_it_before_exiting(session, fleet_repo) -> None:
+    """systemctl stop while a test script runs: the agent ends the script's process group and the
+    dashboard still gets the run's final status (stopped, and why) instead of waiting for ever."""
+    add_tests(fleet_repo, {"T01-slow.sh": "echo started; sleep 60; echo never"})
+    session.start()
+    mark = session.send("test")
+    session.dash.wait_message("output", since=mark, where=lambda r: r.payload["line"] == "started", timeout=10)
+    assert session.agent.stop() == 0
+    status = session.status_of("test", mark, timeout=5).payload
+    assert status["status"] == "stopped" and status["message"].startswith("stopped by agent shutdown"), status
+    assert "never" not in session.lines(session.dash.messages(since=mark))

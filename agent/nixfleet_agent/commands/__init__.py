@@ -183,11 +183,18 @@ class Job:
         self.ctx.reporter.progress(phase, current, total, status)
 
     def stopped_status(self, result: Result, extra: str = "") -> bool:
-        """If the user stopped this job, send the ``stopped`` status naming the signal; True if so."""
+        """If the user (or the agent's own shutdown) stopped this job, send the ``stopped`` status
+        naming the signal; True if so."""
         if self.tracker.sent_signal() is None:
             return False
         how = (f"terminated by {runner.signal_name(result.signal)}" if result.signal is not None
                else f"ended with exit {result.exit_code}")
-        self.err(f"⏹  {self.name} stopped by user ({how}){extra}")
-        self.status("stopped", result.exit_code or 130, f"stopped by user: {how}{extra}")
+        who = self.stopped_by()
+        self.err(f"⏹  {self.name} stopped by {who} ({how}){extra}")
+        self.status("stopped", result.exit_code or 130, f"stopped by {who}: {how}{extra}")
         return True
+
+    def stopped_by(self) -> str:
+        """Who ended the job: the dashboard's ``stop``/``kill``, or the agent shutting down (which
+        ends attached children and reports them before it exits)."""
+        return "agent shutdown" if self.ctx.stop_event.is_set() else "user"

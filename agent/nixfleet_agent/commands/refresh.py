@@ -81,7 +81,7 @@ def refresh_system(job: Job) -> None:
     job.say("Refreshing system status (this may take some time)...")
     status, message = system_verdict(job)
     if job.tracker.sent_signal() is not None:
-        job.status("stopped", 130, "stopped by user")
+        job.status("stopped", 130, f"stopped by {job.stopped_by()}")
         return
     ctx.status.set("system", status, message)
     job.say(f"✓ System status: {status} ({message})")
