@@ -18,9 +18,10 @@ HOST = "test-host"
 class RootUnit:
     """Plays systemd's path unit: start the root oneshot each time the request file exists."""
 
-    def __init__(self, state: Path, out_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, state: Path, out_dir: Path, env: dict[str, str], repo: Path | None = None) -> None:
         self.request = state / "privileged" / "request.json"
         self.state, self.out_dir, self.env = state, out_dir, env
+        self.repo = repo or state / "repo"
         self.runs: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -31,7 +32,7 @@ class RootUnit:
             if self.request.exists():
                 proc = subprocess.run(
                     [sys.executable, "-m", "nixfleet_agent.privileged", "--request", str(self.request),
-                     "--repo", str(self.state / "repo"), "--out-dir", str(self.out_dir),
+                     "--repo", str(self.repo), "--out-dir", str(self.out_dir),
                      "--nixos-rebuild", str(SHIMS / "nixos-rebuild"), "--systemctl", str(SHIMS / "systemctl")],
                     env=self.env, capture_output=True, timeout=60, check=False)
                 self.runs.append(proc.returncode)
@@ -103,5 +104,26 @@ def test_force_update_builds_the_updated_lock_through_the_root_unit(session, fle
         session.run("pull-switch", timeout=30)
         assert git(clone, "rev-parse", "HEAD") == origin_head
         assert "--option" not in session.shims.calls("nixos-rebuild")[-1]["argv"]
+    finally:
+        root.close()
+
+
+def test_a_request_the_root_unit_refuses_is_reported_with_its_reason(session, tmp_path: Path) -> None:
+    """The root side checks the commit against *its* view of the clone; when it refuses, the
+    dashboard gets the refusal (field and reason) as the switch's error, not a silent hang."""
+    out_dir = tmp_path / "privileged-root"
+    elsewhere = tmp_path / "other-clone"
+    git(tmp_path, "init", "-q", str(elsewhere))
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    root = RootUnit(state, out_dir, session.agent.env, repo=elsewhere)
+    try:
+        status, records = session.run("switch", timeout=30)
+        head = git(state / "repo", "rev-parse", "HEAD")
+        assert status["status"] == "error" and status["exit_code"] == 2, status
+        assert status["message"] == f"commit: {head} is not a commit in {elsewhere}", status
+        assert f"commit: {head} is not a commit in {elsewhere}" in "\n".join(session.lines(records))
+        assert not session.shims.calls("nixos-rebuild")  # nothing was built
+        assert root.runs == [1]
     finally:
         root.close()
