@@ -124,6 +124,6 @@ def test_a_request_the_root_unit_refuses_is_reported_with_its_reason(session, tm
         assert status["message"] == f"commit: {head} is not a commit in {elsewhere}", status
         assert f"commit: {head} is not a commit in {elsewhere}" in "\n".join(session.lines(records))
         assert not session.shims.calls("nixos-rebuild")  # nothing was built
-        assert root.runs == [1]
+        wait_for(lambda: root.runs == [1], 10, "the root unit to exit (1: its action failed)")
     finally:
         root.close()
