@@ -139,11 +139,21 @@ def test_check_version(session, tmp_path: Path) -> None:
     assert "installed=0.0.1" in status["message"]
 
 
+def _op_log_of(session, command: str) -> str:
+    """The newest op log of ``command`` (each starts with ``# <command> <time>``)."""
+    logs = sorted((Path(session.agent.env["NIXFLEET_STATE_DIR"]) / "logs").glob("*.log"))
+    texts = [p.read_text() for p in logs if p.read_text().startswith(f"# {command} ")]
+    assert texts, f"no op log for {command} among {[p.name for p in logs]}"
+    return texts[-1]
+
+
 def test_restart_sends_status_then_exits(session) -> None:
     session.start()
     status, _ = session.run("restart")
     assert status["status"] == "ok"
     assert session.agent.wait(10) == 101
+    log = _op_log_of(session, "restart")  # like every command, it leaves its op log
+    assert "♻️  Restarting agent (exit 101)..." in log and "# status=ok exit_code=0 message=restarting" in log
 
 
 def test_reboot_does_not_block_the_message_loop(session) -> None:
@@ -167,6 +177,9 @@ def test_reboot_failure_is_reported(session) -> None:
     assert status["status"] == "error" and "reboot failed" in status["message"]
     assert any(l.startswith("❌ Reboot failed") for l in session.lines(session.dash.messages(since=mark)))
     assert session.agent.running()
+    log = _op_log_of(session, "reboot")  # the tool's own error line too, not only the dashboard's copy
+    assert "Failed to reboot system via logind: Access denied" in log, log
+    assert "# status=error exit_code=1" in log
 
 
 def test_rollback_nixos(session) -> None:

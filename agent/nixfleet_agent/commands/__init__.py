@@ -58,6 +58,20 @@ def sudo_n(argv: list[str]) -> list[str]:
     return argv if os.geteuid() == 0 else ["sudo", "-n", *argv]
 
 
+def open_command_log(ctx: Context, name: str, op_id: str | None = None) -> oplog.OpLog:
+    """A command's own log under ``logs/`` (a NullLog when the state dir is unwritable: the
+    command still runs and streams). Reopening a detached switch's log adds no second header."""
+    state_dir = Path(ctx.cfg.state_dir)
+    reopened = op_id is not None and (oplog.logs_dir(state_dir) / f"{op_id}.log").exists()
+    header = None if reopened else f"# {name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    # a switch's log must survive rotation until its result has been reported
+    keep = tuple(op.id for op in operations.unreported(state_dir))
+    try:
+        return oplog.open_log(state_dir, op_id, header=header, protect=keep)
+    except OSError:
+        return oplog.NullLog()
+
+
 class Job:
     def __init__(self, ctx: Context, name: str, tracker: Tracker, op_id: str | None = None) -> None:
         self.ctx = ctx
@@ -80,15 +94,7 @@ class Job:
         """Opened on first use so commands that print nothing do not push switch logs out."""
         with self._log_lock:
             if self._log is None:
-                state_dir = Path(self.ctx.cfg.state_dir)
-                reopened = (oplog.logs_dir(state_dir) / f"{self.op_id}.log").exists()  # after a detached switch
-                header = None if reopened else f"# {self.name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-                # a switch's log must survive rotation until its result has been reported
-                keep = tuple(op.id for op in operations.unreported(state_dir))
-                try:
-                    self._log = oplog.open_log(state_dir, self.op_id, header=header, protect=keep)
-                except OSError:
-                    self._log = oplog.NullLog()
+                self._log = open_command_log(self.ctx, self.name, self.op_id)
             return self._log
 
     def close_log(self) -> None:

@@ -17,7 +17,7 @@ from .. import log as logmod
 from .. import operations, oplog
 from ..runner import Result
 from ..runner import run as run_child
-from . import Context, privileged_switch, sudo_n
+from . import Context, open_command_log, privileged_switch, sudo_n
 
 _log = logmod.get("control")
 
@@ -25,10 +25,29 @@ REBOOT_DELAY = 3.0
 PRIVILEGED_REBOOT_WAIT = 30.0
 
 
+class _Logged:
+    """``restart``/``reboot`` run outside the one-command slot (they must work while a command is
+    busy), so they keep their own op log, as every command does, next to streaming to the dashboard."""
+
+    def __init__(self, ctx: Context, command: str) -> None:
+        self.ctx, self.command = ctx, command
+        self.log = open_command_log(ctx, command)
+
+    def output(self, line: str, stream: str = "stdout") -> None:
+        self.log.write(line, stream)
+        self.ctx.reporter.output(self.command, line, stream)
+
+    def status(self, status: str, exit_code: int, message: str) -> None:
+        self.log.write(f"# status={status} exit_code={exit_code} message={message}")
+        self.log.close()
+        self.ctx.reporter.status(self.command, status, exit_code, message)
+
+
 def restart(ctx: Context) -> None:
     code = ctx.cfg.restart_exit_code
-    ctx.reporter.output("restart", f"♻️  Restarting agent (exit {code})...", "stdout")
-    ctx.reporter.status("restart", "ok", 0, "restarting")
+    out = _Logged(ctx, "restart")
+    out.output(f"♻️  Restarting agent (exit {code})...")
+    out.status("ok", 0, "restarting")
     _log.info("restart_requested", exit_code=code)
     ctx.reporter.request_exit(code)
 
@@ -42,21 +61,21 @@ def reboot_argv() -> list[str]:
 
 
 def reboot(ctx: Context) -> None:
-    rep = ctx.reporter
-    rep.output("reboot", "⚠️  Reboot command received. System will reboot in 3 seconds...", "stdout")
+    out = _Logged(ctx, "reboot")
+    out.output("⚠️  Reboot command received. System will reboot in 3 seconds...")
     if ctx.stop_event.wait(REBOOT_DELAY):
-        rep.status("reboot", "error", 1, "agent shutting down; reboot cancelled")
+        out.status("error", 1, "agent shutting down; reboot cancelled")
         return
     if privileged_switch(ctx.cfg):
         result = _privileged_reboot(ctx)
     else:
-        result = run_child(reboot_argv(), command="reboot", reporter=rep)
+        result = run_child(reboot_argv(), command="reboot", reporter=ctx.reporter, log=out.log)
     if result.ok:
-        rep.status("reboot", "ok", 0, "reboot initiated")
+        out.status("ok", 0, "reboot initiated")
         return
     why = result.describe()
-    rep.output("reboot", f"❌ Reboot failed: {why}. Check sudo permissions.", "stderr")
-    rep.status("reboot", "error", result.exit_code or 1, f"reboot failed: {why}")
+    out.output(f"❌ Reboot failed: {why}. Check sudo permissions.", "stderr")
+    out.status("error", result.exit_code or 1, f"reboot failed: {why}")
 
 
 def _privileged_reboot(ctx: Context) -> Result:
