@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,11 +239,8 @@ def commit_lock_locally(repo: Repo) -> UpdateResult:
         return UpdateResult("up-to-date", f"flake.lock unchanged: building {repo.head()[:7]}")
     old = repo.git("show", "HEAD:flake.lock")
     changes = lock_changes(old.stdout if old.ok else None, _read_lock(repo))
-    env = repo.git_env(repo.author_env())
-    commit = repo.git("add", "--", "flake.lock", env=env)
-    if commit.ok:
-        message = commit_message(changes, repo.cfg.hostname) + "(force-update on this host; not pushed)\n"
-        commit = repo.git("commit", "-q", "--no-verify", "-m", message, env=env)
+    message = commit_message(changes, repo.cfg.hostname) + "(force-update on this host; not pushed)\n"
+    commit = _commit_lock(repo, message, repo.git_env(repo.author_env()))
     if not commit.ok:
         return UpdateResult("failed", f"cannot commit the updated flake.lock for the privileged switch: "
                             f"{commit.error_text()}", 1, 1, changes)
@@ -251,6 +248,14 @@ def commit_lock_locally(repo: Repo) -> UpdateResult:
     names = ", ".join(c.name for c in changes) or "flake.lock"
     return UpdateResult("committed-locally", f"committed {names} locally as {sha[:7]} (not pushed) for the "
                         "privileged switch", 0, 1, changes, sha)
+
+
+def _commit_lock(repo: Repo, message: str, env: Mapping[str, str]) -> gitenv.GitResult:
+    """Commit ``flake.lock`` alone, as the configured author (``env``), without the clone's hooks."""
+    result = repo.git("add", "--", "flake.lock", env=env)
+    if result.ok:
+        result = repo.git("commit", "-q", "--no-verify", "-m", message, env=env)
+    return result
 
 
 def _legacy_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> UpdateResult:
@@ -303,9 +308,7 @@ def _isolated_update(
         for change in changes:
             repo.emit(change.line())
         env = repo.git_env(repo.author_env())
-        commit = repo.git("add", "--", "flake.lock", env=env)
-        if commit.ok:
-            commit = repo.git("commit", "-q", "--no-verify", "-m", commit_message(changes, repo.cfg.hostname), env=env)
+        commit = _commit_lock(repo, commit_message(changes, repo.cfg.hostname), env)
         if not commit.ok:
             return _abandon(repo, UpdateResult("failed", f"git commit failed: {commit.error_text()}", 1, attempt, changes))
         sha = repo.head()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,14 @@ def add_tests(repo: Path, scripts: dict[str, str], host: str = "test-host", mode
         path.chmod(mode)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "tests")
+
+
+def take_request(request: Path, timeout: float = 10) -> dict[str, Any]:
+    """What a stand-in for the privileged root unit does first: wait for the agent's
+    ``request.json``, read it and remove it (the real root side removes it before acting too)."""
+    from support import wait_for
+
+    wait_for(request.exists, timeout, "request.json")
+    data: dict[str, Any] = json.loads(request.read_text())
+    request.unlink()
+    return data

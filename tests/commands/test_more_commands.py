@@ -6,7 +6,8 @@ import json
 import threading
 from pathlib import Path
 
-from cmd_support import kinds
+from cmd_support import kinds, take_request
+
 from support import git, wait_for
 
 HOST = "test-host"
@@ -94,9 +95,7 @@ def test_privileged_reboot_goes_through_the_root_unit(session, tmp_path: Path) -
     seen: list[dict] = []
 
     def root_unit() -> None:
-        wait_for(request.exists, 10, "request.json")
-        data = json.loads(request.read_text())
-        request.unlink()
+        data = take_request(request)
         seen.append(data)
         (priv / data["id"]).mkdir()
         (priv / data["id"] / "result.json").write_text(json.dumps({"id": data["id"], "action": "reboot",

@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+from cmd_support import take_request
+
 from support import wait_for
 
 HOST = "test-host"
@@ -108,9 +110,7 @@ def test_privileged_launcher_request_and_result(session, tmp_path: Path) -> None
     seen: list[dict] = []
 
     def root_unit() -> None:
-        wait_for(request.exists, 10, "request.json")
-        data = json.loads(request.read_text())
-        request.unlink()
+        data = take_request(request)
         seen.append(data)
         out = priv / data["id"]
         out.mkdir()

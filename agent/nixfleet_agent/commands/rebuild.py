@@ -190,8 +190,8 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
         return
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
-    op = _new_operation(job, "switch", switch_argv(job, extra))
-    op.refresh = bool(extra)  # the privileged root unit adds the same --option itself
+    # the privileged root unit builds its own argv: it adds the same --option when asked to refresh
+    op = _new_operation(job, "switch", switch_argv(job, extra), refresh=bool(extra))
     job.say(f"$ {' '.join(op.argv)}" if op.launcher == "detached" else
             f"requesting privileged switch of {op.commit[:7]} for {op.flake_attr}")
     result = launch_and_follow(job, op)
@@ -202,7 +202,7 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
 # ----- operations ----------------------------------------------------------------------------------
 
 
-def _new_operation(job: Job, action: str, argv: list[str]) -> operations.Operation:
+def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False) -> operations.Operation:
     cfg = job.ctx.cfg
     # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
     launcher = "privileged" if privileged_switch(cfg) else "detached"
@@ -216,7 +216,7 @@ def _new_operation(job: Job, action: str, argv: list[str]) -> operations.Operati
         commit=commit,
         pre_generation=commit[:7],
         pre_system=_pre_system(cfg.platform), agent_before=agentpkg.fingerprint(cfg.platform),
-        flake_attr=cfg.hostname,
+        flake_attr=cfg.hostname, refresh=refresh,
     )
 
 
