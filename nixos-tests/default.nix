@@ -3,8 +3,9 @@
 # dashboard is tests/dashboard.py, the fleet repository is served by `git daemon` on `server`,
 # and secrets are written by the test scripts at run time, never by Nix.
 #
-# Each test's script is its own .py file (linted by tests/system/test_vm_scripts.py), preceded
-# by driver_helpers.py.
+# Each test's script is its own .py file, preceded by driver_helpers.py; the type check (mypy)
+# and lint (pyflakes) the test driver runs on it before any VM starts are reproduced by
+# tests/system/test_vm_scripts.py.
 { pkgs, self }:
 let
   common = import ./common.nix { inherit pkgs self; };
@@ -97,9 +98,12 @@ in
             uid = 1000;
             linger = true;
           };
+          # alice's packages land in /etc/profiles/per-user/alice/bin, home-manager only there
+          home-manager.useUserPackages = true;
           home-manager.users.alice = {
             imports = [ self.homeManagerModules.nixfleet-agent ];
             home.stateVersion = "24.05";
+            programs.home-manager.enable = true;
             services.nixfleet-agent = {
               enable = true;
               package = common.agentPackage;

@@ -47,7 +47,9 @@ with subtest("a switch that changes the agent's package restarts it with the new
     agent.wait_until_succeeds(f"test \"$(systemctl show --value -p MainPID nixfleet-agent.service)\" != {pid}")
     new_pid = agent_pid(agent)
     exec_start = agent.succeed("systemctl show --value -p ExecStart nixfleet-agent.service")
-    package = re.search(r"/nix/store/[^/ ]+-nixfleet-agent-[^/ ]+", exec_start).group(0)
+    found = re.search(r"/nix/store/[^/ ]+-nixfleet-agent-[^/ ]+", exec_start)
+    assert found is not None, f"no agent package in the unit's ExecStart: {exec_start}"
+    package = found.group(0)
     agent.succeed(f"test -e {package}/changed-marker")
     cmdline = agent.succeed(f"tr '\\0' ' ' < /proc/{new_pid}/cmdline")
     assert package in cmdline, f"the restarted agent does not run {package}: {cmdline}"

@@ -1,12 +1,12 @@
-"""Lint of the NixOS VM tests (nixos-tests/): they cannot run here (no nixpkgs, no KVM), so check
+"""Checks of the NixOS VM tests (nixos-tests/): they cannot run here (no nixpkgs, no KVM), so check
 what can be checked before a user runs `nix flake check`: every .nix parses, default.nix evaluates
 (with a stand-in for `pkgs.testers.runNixOSTest` that returns what it was given), every test's
-script is a .py file that compiles and names only the NixOS test driver's API and its own nodes."""
+script is a .py file that compiles, and each script passes the type check (mypy) and lint
+(pyflakes) that the NixOS test driver's build runs on it before any VM starts (vm_typecheck.py)."""
 
 from __future__ import annotations
 
-import ast
-import builtins
+import importlib.util
 import json
 import os
 import shutil
@@ -14,25 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import vm_typecheck
 
 NIXOS_TESTS = Path(__file__).resolve().parents[2] / "nixos-tests"
 HELPERS = "driver_helpers.py"
-
-# Globals the NixOS test driver puts in a test script's namespace (nixos/lib/test-driver).
-DRIVER_GLOBALS = {
-    "start_all", "join_all", "subtest", "retry", "log", "machines", "driver", "polling_condition",
-    "serial_stdout_on", "serial_stdout_off", "create_machine", "t", "os",
-}
-# Methods of the driver's Machine objects.
-MACHINE_METHODS = {
-    "start", "shutdown", "crash", "reboot", "block", "unblock", "succeed", "fail", "execute",
-    "wait_for_unit", "wait_until_succeeds", "wait_until_fails", "wait_for_open_port",
-    "wait_for_closed_port", "wait_for_file", "wait_for_console_text", "wait_for_shutdown",
-    "wait_for_open_unix_socket", "systemctl", "require_unit_state", "get_unit_info",
-    "get_unit_property", "copy_from_host", "copy_from_host_via_shell", "copy_from_vm",
-    "sleep", "forward_port", "send_chars", "send_key", "screenshot", "switch_root", "name",
-    "log", "nested", "dump_tty_contents", "console_interact", "send_monitor_command",
-}
 
 STUB_PKGS = """
 { testers.runNixOSTest = t: {
@@ -98,60 +83,141 @@ def test_every_script_belongs_to_a_test(evaluated: dict[str, dict[str, object]])
     assert used == set(scripts.values()), f"unused scripts: {set(scripts.values()) - used}"
 
 
-@needs_nix
-def test_scripts_name_only_driver_api_and_their_nodes(evaluated: dict[str, dict[str, object]]) -> None:
-    problems: list[str] = []
-    for name, test in evaluated.items():
-        listed = test["nodes"]
-        assert isinstance(listed, list)
-        nodes = {str(node) for node in listed}
-        problems += [f"{name}: {p}" for p in driver_api_problems(str(test["testScript"]), nodes)]
-    assert not problems, "\n".join(problems)
-
-
 @pytest.mark.parametrize("path", script_files(), ids=lambda p: p.name)
 def test_script_compiles(path: Path) -> None:
     compile(path.read_text(), str(path), "exec")
 
 
-def driver_api_problems(source: str, nodes: set[str]) -> list[str]:
-    """Free names outside the driver's globals, builtins, imports and the test's nodes; and
-    methods called on a node that the driver's Machine does not have."""
-    tree = ast.parse(source)
-    bound = set(dir(builtins)) | DRIVER_GLOBALS | nodes
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            bound.add(node.id)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-    problems = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound:
-            problems.append(f"line {node.lineno}: unknown name {node.id!r}")
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in nodes
-            and node.attr not in MACHINE_METHODS
-        ):
-            problems.append(f"line {node.lineno}: {node.value.id}.{node.attr} is not a test driver Machine method")
-    return problems
+# ------------------------------------------------------------- the driver's type check and lint
+
+def require(module: str) -> None:
+    """mypy and pyflakes are test dependencies (./dev/test installs them): missing is a failure,
+    or a green run would say nothing about what `nix flake check` does to the scripts."""
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{module} is not installed; ./dev/test installs it (PIP_PACKAGES)", pytrace=False)
 
 
-def test_lint_catches_unknown_names_and_methods() -> None:
-    """The lint above must be able to fail, or it proves nothing about the scripts."""
-    bad = "start_all()\nagent.wait_for_unti('x')\nundefined_helper()\n"
-    problems = driver_api_problems(bad, {"agent"})
-    assert any("wait_for_unti" in p for p in problems)
-    assert any("undefined_helper" in p for p in problems)
-    good = "import json\nstart_all()\nwith subtest('x'):\n    out = json.loads(agent.succeed('cat f'))\n"
-    assert driver_api_problems(good, {"agent"}) == []
+def vm_test_of(script: Path, evaluated: dict[str, dict[str, object]]) -> tuple[str, list[str], str]:
+    """(test attribute, its nodes, its whole testScript) of the test that runs `script`."""
+    text = script.read_text()
+    for name, test in evaluated.items():
+        if str(test["testScript"]).endswith(text):
+            listed = test["nodes"]
+            assert isinstance(listed, list)
+            return name, [str(node) for node in listed], str(test["testScript"])
+    raise AssertionError(f"no test in nixos-tests/default.nix runs {script.name}")
+
+
+def source_of(script_name: str) -> vm_typecheck.Source:
+    helpers = (NIXOS_TESTS / HELPERS).read_text()
+    lines = (NIXOS_TESTS / script_name).read_text().count("\n") + 1
+    return vm_typecheck.Source(((f"nixos-tests/{HELPERS}", helpers.count("\n")), (f"nixos-tests/{script_name}", lines)))
+
+
+# No node sets virtualisation.vlans, so every node is on VLAN 1, the driver's default.
+VLANS = [1]
+
+test_scripts = [path for path in script_files() if path.name != HELPERS]
+
+
+@pytest.fixture(scope="module")
+def checks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for the module's mypy runs: they share mypy's cache (.mypy_cache in it)."""
+    return tmp_path_factory.mktemp("vm-checks")
+
+
+def test_nodes_keep_the_default_vlan() -> None:
+    assert not [p.name for p in nix_files() if "vlans" in p.read_text()], "update VLANS for virtualisation.vlans"
+
+
+@needs_nix
+@pytest.mark.parametrize("path", test_scripts, ids=lambda p: p.name)
+def test_script_type_checks_as_the_driver_does(
+    path: Path, evaluated: dict[str, dict[str, object]], checks_dir: Path
+) -> None:
+    """What the test driver's build runs before a VM starts (vm_typecheck's docstring): it fails
+    `nix flake check` on a mistake no run here would otherwise show."""
+    require("mypy")
+    name, nodes, script = vm_test_of(path, evaluated)
+    status, report = vm_typecheck.run_mypy(
+        script, nodes, VLANS, source_of(path.name), checks_dir / name
+    )
+    assert status == 0, f"{name}: the test driver's type check fails:\n{report}"
+
+
+@needs_nix
+@pytest.mark.parametrize("path", test_scripts, ids=lambda p: p.name)
+def test_script_bodies_type_check(
+    path: Path, evaluated: dict[str, dict[str, object]], checks_dir: Path
+) -> None:
+    """Stricter than the driver: the bodies of the scripts' unannotated helpers too, so a typo in
+    `def start_dashboard(...)` fails here rather than in a booted VM."""
+    require("mypy")
+    name, nodes, script = vm_test_of(path, evaluated)
+    status, report = vm_typecheck.run_mypy(
+        script, nodes, VLANS, source_of(path.name), checks_dir / f"{name}-bodies", ("--check-untyped-defs",)
+    )
+    assert status == 0, f"{name}: mypy --check-untyped-defs fails:\n{report}"
+
+
+@needs_nix
+@pytest.mark.parametrize("path", test_scripts, ids=lambda p: p.name)
+def test_script_lints_as_the_driver_does(
+    path: Path, evaluated: dict[str, dict[str, object]], checks_dir: Path
+) -> None:
+    require("pyflakes")
+    name, nodes, script = vm_test_of(path, evaluated)
+    status, report = vm_typecheck.run_pyflakes(script, nodes, source_of(path.name), checks_dir / f"{name}-flakes")
+    assert status == 0, f"{name}: the test driver's lint (pyflakes) fails:\n{report}"
+
+
+BAD_SCRIPTS = {
+    # the mistake the driver found in switch.py: a possibly-None match used at module level
+    "union-attr": 'import re\nout = agent.succeed("x")\nprint(re.search("a", out).group(0))\n',
+    "attr-defined": 'agent.wait_for_unti("nixfleet-agent.service")\n',
+    "arg-type": "server.wait_for_open_port('8000')\n",
+    # execute gives (status, output), not the output
+    "tuple": 'agent.execute("true").strip()\n',
+    "subtest": 'with subtest(1):\n    pass\n',
+}
+
+
+@pytest.mark.parametrize("code", sorted(BAD_SCRIPTS))
+def test_type_check_catches_driver_api_misuse(code: str, checks_dir: Path) -> None:
+    """The type check must be able to fail, or its passing says nothing."""
+    require("mypy")
+    script = BAD_SCRIPTS[code]
+    source = vm_typecheck.Source((("bad.py", script.count("\n")),))
+    status, report = vm_typecheck.run_mypy(script, ["agent", "server"], VLANS, source, checks_dir / f"bad-{code}")
+    assert status == 1, report
+    assert "[bad.py:" in report, report
+
+
+def test_type_check_accepts_the_driver_api(checks_dir: Path) -> None:
+    require("mypy")
+    script = (
+        "import re\nstart_all()\nwith subtest('x'):\n"
+        "    status, out = agent.execute('true')\n    found = re.search('a', agent.succeed('x'))\n"
+        "    assert found is not None\n    print(found.group(0), status + 1, out.strip())\n"
+        "    agent.wait_for_unit('u', 'alice', timeout=5)\n    server.wait_for_open_port(8000)\n"
+        "retry(lambda last: True)\nmachine.wait_until_succeeds('true', timeout=3).strip()\n"
+    )
+    source = vm_typecheck.Source((("good.py", script.count("\n")),))
+    status, report = vm_typecheck.run_mypy(script, ["agent"], VLANS, source, checks_dir / "good-no-server")
+    assert status == 1 and "server" in report, "a node the test does not have must be an error"
+    status, report = vm_typecheck.run_mypy(script.replace("server", "agent"), ["agent"], VLANS, source, checks_dir / "good")
+    assert status == 0, report
+
+
+def test_lint_reports_what_the_driver_rejects(tmp_path: Path) -> None:
+    require("pyflakes")
+    for bad in ("undefined_helper()\n", "import json\n", "agent.succeed(f'x')\n", "machines[0].start()\n"):
+        source = vm_typecheck.Source((("bad.py", 1),))
+        status, report = vm_typecheck.run_pyflakes(bad, ["agent", "server"], source, tmp_path)
+        assert status == 1 and "[bad.py:1]" in report, (bad, report)
+    good = "import json\nstart_all()\nprint(os.getcwd(), json.dumps(1))\nmachine.succeed('true')\n"
+    status, report = vm_typecheck.run_pyflakes(good, ["agent"], vm_typecheck.Source((("good.py", 4),)), tmp_path)
+    assert status == 0, report
 
 
 # ---------------------------------------------------------------------------- node configurations
