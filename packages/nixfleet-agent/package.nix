@@ -79,7 +79,7 @@ python3Packages.buildPythonApplication {
   pythonImportsCheck = [
     "nixfleet_agent"
     "nixfleet_agent.config"
-    "nixfleet_agent.privileged"
+    "nixfleet_agent.root.request"
   ];
 
   meta = {

@@ -31,7 +31,7 @@ class RootUnit:
         while not self._stop.wait(0.05):
             if self.request.exists():
                 proc = subprocess.run(
-                    [sys.executable, "-m", "nixfleet_agent.privileged", "--request", str(self.request),
+                    [sys.executable, "-m", "nixfleet_agent.root", "--request", str(self.request),
                      "--repo", str(self.repo), "--out-dir", str(self.out_dir),
                      "--nixos-rebuild", str(SHIMS / "nixos-rebuild"), "--systemctl", str(SHIMS / "systemctl")],
                     env=self.env, capture_output=True, timeout=60, check=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nixfleet_agent import privileged
+from nixfleet_agent.root import request as privileged
 
 SHIM = """#!/bin/sh
 # records argv, cwd and git's safe.directory setting, prints some output, exits $SHIM_EXIT
@@ -340,7 +340,7 @@ def test_no_request_is_nothing_to_do(host: Host) -> None:
 def test_console_entry_point_runs_as_a_program(host: Host) -> None:
     host.write(host.good())
     env = dict(os.environ, SHIM_CALLS=str(host.calls), SHIM_EXIT="0")
-    proc = subprocess.run([sys.executable, "-m", "nixfleet_agent.privileged", "--request", str(host.request),
+    proc = subprocess.run([sys.executable, "-m", "nixfleet_agent.root", "--request", str(host.request),
                            "--repo", str(host.repo), "--out-dir", str(host.out),
                            "--nixos-rebuild", str(host.bin / "nixos-rebuild")],
                           env=env, capture_output=True, text=True, timeout=60)

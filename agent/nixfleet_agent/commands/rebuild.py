@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import flakeupdate, operations
 from .. import log as logmod
-from ..privileged import NO_NEGATIVE_CACHE
+from ..root.request import NO_NEGATIVE_CACHE
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps

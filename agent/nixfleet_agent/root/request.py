@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import log
+from .. import log
 
 ACTIONS = ("switch", "boot", "test", "rollback", "reboot")
 BUILD_ACTIONS = ("switch", "boot", "test")
