@@ -79,7 +79,7 @@ python3Packages.buildPythonApplication {
   pythonImportsCheck = [
     "nixfleet_agent"
     "nixfleet_agent.config"
-    "nixfleet_agent.root.request"
+    "nixfleet_agent.root.main"
   ];
 
   meta = {
