@@ -73,6 +73,8 @@ def check_signature(repo: Path, env: Mapping[str, str], commit: str, policy: Pol
         raise Refusal("signature", f"commit {commit} has a signature of a kind root does not check (X.509?)")
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="gnupg-", dir=scratch))
+    # public keys only: no gpg-agent (nothing to unlock, and its socket is where root does not look)
+    (home / "gpg.conf").write_text("no-autostart\n")
     try:
         config = [("gpg.ssh.allowedSignersFile", str(policy.allowed_signers or "/dev/null")),
                   ("gpg.ssh.program", policy.ssh_keygen), ("gpg.program", policy.gpg),
@@ -80,7 +82,7 @@ def check_signature(repo: Path, env: Mapping[str, str], commit: str, policy: Pol
         check_env = {**_with_config(env, config), "GNUPGHOME": str(home)}
         if kind == "openpgp":
             imported = gitenv.run_captured(
-                [policy.gpg, "--batch", "--quiet", "--no-tty", "--import", str(policy.openpgp_keys)], check_env,
+                [policy.gpg, "--batch", "--quiet", "--no-tty", "--no-autostart", "--import", str(policy.openpgp_keys)], check_env,
                 None, 60)
             if not imported.ok:
                 raise Refusal("signature", f"cannot read the OpenPGP keys in {policy.openpgp_keys}: "
