@@ -329,3 +329,23 @@ def test_console_entry_point_runs_as_a_program(host: Host) -> None:
 def test_relative_paths_are_refused(host: Host) -> None:
     assert root_main.main(["--request", "request.json", "--repo-url", str(host.origin),
                            "--out-dir", str(host.out)]) == 2
+
+
+def test_what_to_fetch_and_build_comes_from_the_modules_config_file(host: Host, tmp_path: Path) -> None:
+    """On NixOS root reads repo_url, branch and hostname from the agent's TOML as the module
+    rendered it (the store), so root and agent cannot disagree; the file must be root's alone."""
+    config = tmp_path / "nixfleet-agent.toml"
+    config.write_text(f'repo_url = "{host.origin}"\nbranch = "main"\nhostname = "web1"\nagent_input = "nixfleet"\n')
+    config.chmod(0o644)
+    argv = ["--config", str(config), "--request", str(host.request), "--out-dir", str(host.out),
+            "--state-dir", str(host.root_dir), "--nixos-rebuild", str(host.bin / "nixos-rebuild")]
+    os.environ.update(SHIM_CALLS=str(host.calls), SHIM_EXIT="0")
+    host.write(host.good(id="a"))
+    assert root_main.main(argv) == 0
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]
+    host.write(host.good(id="b", flake_attr="db1"))
+    assert root_main.main(argv) == 2  # hostname from the file pins the attribute
+    config.chmod(0o664)
+    host.write(host.good(id="c"))
+    assert root_main.main(argv) == 2
+    assert host.request.exists()  # refused before touching the request: nothing was read

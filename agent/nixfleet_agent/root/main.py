@@ -23,6 +23,7 @@ import re
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,17 +164,20 @@ def _parser() -> argparse.ArgumentParser:
     add("--out-dir", type=Path, required=True, help="root-owned directory for results")
     add("--state-dir", type=Path, help="root's private state: its clone, the last deployed commit "
                                        "(default: <out-dir>/../root)")
-    where = parser.add_mutually_exclusive_group(required=True)
+    add("--config", type=Path, help="the agent's TOML file as the NixOS module rendered it (root-owned): "
+                                    "repo_url, branch, hostname, agent_input, known_hosts_file, config_repo "
+                                    "for every option below not given")
+    where = parser.add_mutually_exclusive_group()
     where.add_argument("--repo-url", help="the fleet repository root fetches itself (repoUrl)")
     where.add_argument("--legacy-repo", type=Path, help="deprecated configRepo checkout, trusted as its owner")
-    add("--branch", default="main", help="branch of --repo-url that is published")
-    add("--flake-attr", default="", help="the only flake attribute this host may build (its hostname)")
+    add("--branch", help="branch of --repo-url that is published (default main)")
+    add("--flake-attr", help="the only flake attribute this host may build (its hostname)")
     add("--ssh-key", type=Path, help="deploy key (default: $CREDENTIALS_DIRECTORY/ssh-key when present)")
     add("--known-hosts", type=Path, help="pinned known_hosts for the repository host (strict); default: "
                                          "accept-new into <state-dir>/known_hosts")
     add("--allowed-signers", type=Path, help="SSH allowed signers file: require commits signed by them")
     add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
-    add("--agent-input", default="nixfleet", help="flake input force-update refreshes")
+    add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
     add("--keep", type=int, default=results.KEEP, help="request directories kept")
     add("--nixos-rebuild", default="nixos-rebuild", help="nixos-rebuild executable")
     add("--systemctl", default="systemctl", help="systemctl executable (reboot)")
@@ -189,12 +193,52 @@ def _bad(option: str, error: str) -> int:
     return REJECTED_EXIT
 
 
+# TOML key -> option, for --config; the module renders these from the same options the agent uses
+_FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
+                "agent_input": "agent_input", "known_hosts_file": "known_hosts"}
+_DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": "nixfleet"}
+
+
+def _apply_config(args: argparse.Namespace) -> str | None:
+    """Fill options not given from the agent's rendered TOML; an error text when it is unusable.
+
+    The file must be root's and writable by nobody else: it decides what root fetches and builds,
+    so it may come from the store or /etc, never from a place the agent can write."""
+    if args.config is not None:
+        try:
+            info = os.stat(args.config)
+            if info.st_uid != 0 and info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                return f"{args.config} must be owned by root and writable by nobody else"
+            with open(args.config, "rb") as handle:
+                doc = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            return f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}"
+        if args.repo_url is None and args.legacy_repo is None:
+            if doc.get("repo_url"):
+                args.repo_url = str(doc["repo_url"])
+            elif doc.get("config_repo"):
+                args.legacy_repo = Path(str(doc["config_repo"]))
+        for key, name in _FROM_CONFIG.items():
+            if key in ("repo_url", "config_repo") or getattr(args, name) is not None or not doc.get(key):
+                continue
+            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else str(doc[key]))
+    for name, value in _DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.repo_url is None and args.legacy_repo is None:
+        return "neither --repo-url nor --legacy-repo given (nor repo_url/config_repo in --config)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.setup(args.log_level)
     os.umask(0o077)
+    problem = _apply_config(args)
+    if problem:
+        return _bad("config", problem)
     paths = ("request", "out_dir", "state_dir", "legacy_repo", "ssh_key", "known_hosts", "allowed_signers",
-             "openpgp_keys")
+             "openpgp_keys", "config")
     for name in paths:
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
