@@ -202,6 +202,13 @@ in
       restartIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
 
+      # systemd's default (5 starts in 10 s) fails a refused request and its immediate retry,
+      # and a start-limit-hit unit makes the path unit stop watching until someone restarts it.
+      # Each run consumes its request, so only the agent writing requests decides the rate; this
+      # still stops a compromised agent from keeping root busy fetching without end.
+      startLimitBurst = 30;
+      startLimitIntervalSec = 60;
+
       path = [
         pkgs.coreutils
         pkgs.gnutar

@@ -138,6 +138,9 @@ def test_privileged_unit_survives_the_switch_it_runs(good: tuple[Path, str]) -> 
     assert service["Type"] == ["oneshot"]
     assert service["X-RestartIfChanged"] == ["false"]
     assert parsed["Unit"]["X-StopOnRemoval"] == ["false"]
+    # a refused request and its retry must not hit systemd's default start limit (5 in 10 s),
+    # which would leave the path unit no longer watching
+    assert parsed["Unit"]["StartLimitBurst"] == ["30"] and parsed["Unit"]["StartLimitIntervalSec"] == ["60"]
     assert "Install" not in parsed  # started only by the path unit
     (exec_start,) = service["ExecStart"]
     argv = exec_start.split(" ")
