@@ -348,4 +348,7 @@ def test_what_to_fetch_and_build_comes_from_the_modules_config_file(host: Host, 
     config.chmod(0o664)
     host.write(host.good(id="c"))
     assert root_main.main(argv) == 2
-    assert host.request.exists()  # refused before touching the request: nothing was read
+    assert not host.request.exists()  # consumed all the same: no re-trigger loop on a bad config
+    assert host.rejected() == {"id": "c", "exit_code": 2, "finished_at": host.rejected()["finished_at"],
+                               "error": f"config: {config} must be owned by root and writable by nobody else"}
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]  # still only the first

@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)
     problem = _apply_config(args)
     if problem:
-        return _bad("config", problem)
+        return _unconfigured(args, problem)
     paths = ("request", "out_dir", "state_dir", "legacy_repo", "ssh_key", "known_hosts", "allowed_signers",
              "openpgp_keys", "config")
     for name in paths:
@@ -290,6 +290,35 @@ def _source(args: argparse.Namespace, state_dir: Path) -> source.RootClone | sou
     ssh = gitenv.ssh_command(key, known, args.known_hosts is not None, 30)
     env = source.git_env(os.environ, ssh=ssh)
     return source.RootClone(state_dir / "repo", args.repo_url, args.branch, env)
+
+
+def _unconfigured(args: argparse.Namespace, problem: str) -> int:
+    """Root cannot work out what to build: say so to the log and to the agent, and still consume
+    the request, so the path unit does not start us again and again for it."""
+    _log.error("bad-argument", option="config", error=problem)
+    if not (args.request.is_absolute() and args.out_dir.is_absolute()):
+        return REJECTED_EXIT
+    owner = _owner_of(args.request)
+    try:
+        got = read_request(args.request)
+    except RequestError:
+        got = None
+    try:
+        out = results.Results(args.out_dir, args.keep)
+        out.ensure()
+        out.write_json(args.out_dir, "rejected.json", {
+            "exit_code": REJECTED_EXIT, "error": f"config: {problem}", "finished_at": results.now(),
+            **({"id": _request_id(got[0])} if got else {})}, owner)
+    except OSError as exc:
+        _log.error("failed", error=f"{exc.filename or ''}: {exc.strerror or exc}")
+    return REJECTED_EXIT
+
+
+def _request_id(data: bytes) -> str:
+    try:
+        return parse_request(data).id
+    except RequestError as err:
+        return err.request_id or ""
 
 
 def _owner_of(request: Path) -> int:
