@@ -352,3 +352,15 @@ def test_what_to_fetch_and_build_comes_from_the_modules_config_file(host: Host, 
     assert host.rejected() == {"id": "c", "exit_code": 2, "finished_at": host.rejected()["finished_at"],
                                "error": f"config: {config} must be owned by root and writable by nobody else"}
     assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]  # still only the first
+
+
+def test_an_unusable_deploy_key_is_reported_and_the_request_consumed(host: Host, tmp_path: Path) -> None:
+    key = tmp_path / "deploy-key"
+    key.write_text("not really a key\n")
+    key.chmod(0o644)
+    host.extra = ["--ssh-key", str(key)]
+    host.write(host.good())
+    assert host.run() == 2
+    assert not host.request.exists()
+    assert str(host.rejected()["error"]).startswith(f"config: ssh_key_file: {key} has mode 0644")
+    assert host.shim_calls() == []

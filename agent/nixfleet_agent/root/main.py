@@ -257,8 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         src = _source(args, state_dir)
     except gitenv.KeyFileError as exc:
-        _log.error("bad-argument", option="ssh-key", error=str(exc))
-        return 1
+        return _unconfigured(args, str(exc))
     handler = Handler(settings, src, src.env)
     owner = _owner_of(args.request)  # before reading: reading removes a linked privileged/
     try:
