@@ -67,12 +67,13 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
                           text=True).stdout.strip()
 
 
-def commit(repo: Path, files: dict[str, str], message: str, *sign: str) -> str:
+def commit(repo: Path, files: dict[str, str], message: str, *sign: str, when: int | None = None) -> str:
     for name, text in files.items():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text(text)
         git(repo, "add", name)
-    git(repo, *sign, "commit", "-q", "-m", message)
+    dates = {} if when is None else {"GIT_COMMITTER_DATE": f"@{when} +0000", "GIT_AUTHOR_DATE": f"@{when} +0000"}
+    git(repo, *sign, "commit", "-q", "-m", message, env=dates)
     return git(repo, "rev-parse", "HEAD")
 
 

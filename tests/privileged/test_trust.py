@@ -175,6 +175,31 @@ def test_with_signers_the_branch_may_not_move_back_behind_what_root_deployed(hos
     assert refusal(host, "again").startswith("published:")
 
 
+def test_with_signers_an_older_commit_of_another_history_is_refused_a_newer_one_accepted(
+        host: Host, signers: Signers) -> None:
+    """A replay need not be an ancestor: a signed commit of a line of history that a force-push
+    replaced is older (by its signed committer time) than what root deployed: refused. An admin's
+    newer signed commit on a rewritten history is accepted."""
+    host.extra = ["--allowed-signers", str(signers.allowed)]
+    base = git(host.origin, "rev-parse", "HEAD")
+    replaced = commit(host.origin, {"old.nix": "{ hole = true; }\n"}, "since replaced", *signers.flags("admin"),
+                      when=1_800_000_000)
+    git(host.origin, "reset", "-q", "--hard", base)
+    deployed = commit(host.origin, {"new.nix": "{ }\n"}, "current", *signers.flags("admin"), when=1_800_000_100)
+    host.write(host.good(id="current", commit=deployed))
+    assert host.run() == 0
+    git(host.origin, "update-ref", "refs/heads/main", replaced)  # force-push to the replaced line
+    host.write(host.good(id="replay", commit=replaced))
+    assert host.run() == 1
+    assert refusal(host, "replay").startswith(f"backwards: commit {replaced} is on another line of history than "
+                                              f"{deployed}, the last commit root deployed, and was committed before it")
+    git(host.origin, "reset", "-q", "--hard", base)
+    rewritten = commit(host.origin, {"fix.nix": "{ }\n"}, "rewritten by an admin", *signers.flags("admin"),
+                       when=1_800_000_200)
+    host.write(host.good(id="rewritten", commit=rewritten))
+    assert host.run() == 0, host.log("rewritten")
+
+
 def test_openpgp_signatures_against_the_configured_keys(host: Host, signers: Signers, tmp_path: Path) -> None:
     if shutil.which("gpg") is None:
         pytest.skip("gpg is not installed (apt install gnupg)")

@@ -137,6 +137,20 @@ class Deployed:
 
 
 def check_not_backwards(src: source.RootClone | source.LegacySource, commit: str, deployed: str) -> None:
-    if deployed and commit != deployed and src.is_ancestor(commit, deployed):
+    """Refuse a target older than the last deployed commit: its ancestor, or (after a force-push
+    onto another line of history) one committed before it. Committer times of signed commits are
+    covered by the signature, so someone without a key cannot make an old commit look new; a newer
+    signed commit on a rewritten history is an admin's force-push and is accepted."""
+    if not deployed or commit == deployed:
+        return
+    if src.is_ancestor(commit, deployed):
         raise Refusal("backwards", f"commit {commit} is older than {deployed}, the last commit root deployed; "
                                    "the branch moved backwards (use rollback to go back)")
+    if src.is_ancestor(deployed, commit):
+        return
+    times = source.capture(src.path, src.env, "show", "-s", "--format=%ct", commit, deployed, "--")
+    stamps = [int(t) for t in times.stdout.split()] if times.ok else []
+    if len(stamps) != 2 or stamps[0] < stamps[1]:
+        raise Refusal("backwards", f"commit {commit} is on another line of history than {deployed}, the last "
+                                   "commit root deployed, and was committed before it; the branch moved "
+                                   "backwards (use rollback to go back)")
