@@ -79,10 +79,13 @@ def test_request_directories_are_pruned_to_a_bounded_number(host: Host) -> None:
 
 
 @pytest.mark.parametrize("action", ["boot", "test"])
-def test_other_build_actions(host: Host, action: str) -> None:
+def test_only_actions_the_agent_sends_are_accepted(host: Host, action: str) -> None:
+    """nixos-rebuild boot/test: valid for nixos-rebuild, never sent by the agent, so refused."""
     host.write(host.good(action=action))
-    assert host.run() == 0
-    assert host.builds() == [f"{action} --flake {host.flake(host.commit)}"]
+    assert host.run() == 2
+    assert str(host.result()["error"]).startswith(f'action: not allowed (got "{action}"; allowed: switch, '
+                                                  'rollback, reboot)')
+    assert host.shim_calls() == []
 
 
 def test_rollback_and_reboot_need_no_commit(host: Host) -> None:

@@ -170,7 +170,7 @@ def test_with_signers_the_branch_may_not_move_back_behind_what_root_deployed(hos
     host.write({"id": "back", "action": "rollback"})
     assert host.run() == 0
     assert host.builds()[-1] == "switch --rollback"
-    host.write(host.good(id="again", commit=new, action="test"))  # test does not record a deployment
+    host.write(host.good(id="again", commit=new))
     assert host.run() == 1  # new is no longer on the branch
     assert refusal(host, "again").startswith("published:")
 
@@ -279,4 +279,4 @@ def test_update_lock_must_be_a_boolean_and_for_builds_only(host: Host, value: ob
     assert str(host.result()["error"]).startswith("update_lock: must be true or false")
     host.write({"id": "rb", "action": "rollback", "update_lock": True})
     assert host.run() == 2
-    assert host.result("rb")["error"] == "update_lock: only for switch, boot, test (got action rollback)"
+    assert host.result("rb")["error"] == "update_lock: only for switch (got action rollback)"

@@ -1,6 +1,6 @@
 """``nixfleet-agent-privileged``: run one request of the agent as root (started by the path unit).
 
-The order of trust, for a build action (switch, boot, test):
+The order of trust, for a build (``switch``):
 
 1. the request file alone (``request``): allowlisted action, a 40-hex commit, this host's flake
    attribute (root's ``--flake-attr``, not the agent's choice);
@@ -130,7 +130,7 @@ class Handler:
             out.write(f"nixfleet-agent-privileged: building {build} ({'lock refreshed by root' if build != req.commit else 'lock unchanged'})\n".encode())
         flake = self.src.flake_ref(build, req.flake_attr, ref)
         code, error = self._run(nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh), out)
-        if code == 0 and req.action in ("switch", "boot"):
+        if code == 0:
             self.deployed.record(req.commit, build, req.action, results.now())
         return code, error
 

@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ACTIONS = ("switch", "boot", "test", "rollback", "reboot")
-BUILD_ACTIONS = ("switch", "boot", "test")
+# Exactly what the agent sends (commands/rebuild.py, commands/control.py); nixos-rebuild boot/test
+# and anything else stay out of reach of the agent.
+ACTIONS = ("switch", "rollback", "reboot")
+BUILD_ACTIONS = ("switch",)
 FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock")
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2
