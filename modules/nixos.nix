@@ -179,6 +179,8 @@ in
         # checkout of another owner, and a dynamic user could not write it), and of all homes
         # see only the checkout.
         User = cfg.configRepoUser;
+        # RemoveIPC would remove the IPC objects of the user's own sessions when the agent stops
+        RemoveIPC = false;
         ProtectHome = "tmpfs";
         BindPaths = [ cfg.configRepo ];
         ReadWritePaths = [ cfg.configRepo ];

@@ -235,6 +235,7 @@ def test_config_repo_runs_the_agent_as_the_checkouts_owner(tmp_path: Path) -> No
     agent = unit(tmp_path, "nixfleet-agent.service")["Service"]
     assert agent["User"] == ["alice"] and agent["DynamicUser"] == ["false"]
     assert agent["ProtectHome"] == ["tmpfs"] and agent["BindPaths"] == ["/home/alice/nixcfg"]
+    assert agent["RemoveIPC"] == ["false"]  # a real user's sessions keep their IPC objects
     assert agent["ReadWritePaths"] == ["/home/alice/nixcfg"]
     privileged = unit(tmp_path, "nixfleet-agent-privileged.service")["Service"]
     # the real user's state is the plain directory; root reads config_repo from the config file
