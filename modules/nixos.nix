@@ -67,7 +67,7 @@ in
       {
         # the privileged unit builds from the clone at the path it knows, in the state directory
         assertion = !(cfg.settings ? repo_dir || cfg.settings ? state_dir);
-        message = "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set on NixOS: the agent's clone lives in its state directory (/var/lib/nixfleet-agent), where the privileged switch unit builds from; remove them.";
+        message = "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set on NixOS: the agent's clone lives in its state directory (/var/lib/nixfleet-agent); remove them.";
       }
       {
         assertion = legacy -> cfg.configRepoUser != null;
