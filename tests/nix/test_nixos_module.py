@@ -240,8 +240,10 @@ def test_config_repo_runs_the_agent_as_the_checkouts_owner(tmp_path: Path) -> No
     privileged = unit(tmp_path, "nixfleet-agent-privileged.service")["Service"]
     # the real user's state is the plain directory; root reads config_repo from the config file
     assert "--request /var/lib/nixfleet-agent/privileged/request.json " in privileged["ExecStart"][0]
-    path = parse_unit((tmp_path / "units" / "nixfleet-agent-privileged.path").read_text())
-    assert path["Path"]["PathExists"] == ["/var/lib/nixfleet-agent/privileged/request.json"]
+    text = eval_json("nixos-good.nix", 'config.systemd.units."nixfleet-agent-privileged.path".text', "--arg",
+                     "settings", settings(repoUrl=None, configRepo="/home/alice/nixcfg", configRepoUser="alice"))
+    assert isinstance(text, str)
+    assert parse_unit(text)["Path"]["PathExists"] == ["/var/lib/nixfleet-agent/privileged/request.json"]
 
 
 def test_signers_are_passed_to_the_root_unit(tmp_path: Path) -> None:
