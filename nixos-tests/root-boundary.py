@@ -49,7 +49,8 @@ with subtest("a commit the agent authored is refused, with root's reason at the 
     since = send_command("agent", "switch")
     status = wait_status("agent", "switch", since)
     assert status["exit_code"] == 2, status
-    assert status["message"].startswith(f"published: commit {poisoned} is not in main of git://server/fleet.git"), status
+    expected = f"published: commit {poisoned} is not in main of git://server/fleet.git"
+    assert status["message"].startswith(expected), status
     lines = output_lines("agent", since)
     assert not any(line.startswith("nixos-rebuild-shim") for line in lines), lines
     agent.fail(f"git -C {ROOT_CLONE} cat-file -e {poisoned}")

@@ -82,7 +82,7 @@ def test_a_commit_the_agent_authored_is_refused_with_roots_reason(session, fleet
     state, root = start(session, fleet_repo, tmp_path)
     clone = state / "repo"
     try:
-        (clone / "root-key.nix").write_text('{ users.users.root.openssh.authorizedKeys.keys = [ "ssh-ed25519 AAAA evil" ]; }\n')
+        (clone / "root-key.nix").write_text('{ users.users.root.openssh.authorizedKeys.keys = [ "ssh-ed25519 X" ]; }\n')
         git(clone, "add", "root-key.nix")
         git(clone, "commit", "-q", "-m", "let me in")
         evil = git(clone, "rev-parse", "HEAD")

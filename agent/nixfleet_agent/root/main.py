@@ -127,7 +127,8 @@ class Handler:
             build, ref = lockrefresh.refresh(self.src, req.commit, self.s.agent_input,
                                              self.s.state_dir / "work" / req.id, stream, nix_program=self.s.nix,
                                              host=socket.gethostname(), env=self.env)
-            out.write(f"nixfleet-agent-privileged: building {build} ({'lock refreshed by root' if build != req.commit else 'lock unchanged'})\n".encode())
+            what = "lock refreshed by root" if build != req.commit else "lock unchanged"
+            out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
         flake = self.src.flake_ref(build, req.flake_attr, ref)
         code, error = self._run(nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh), out)
         if code == 0:

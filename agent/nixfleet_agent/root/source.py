@@ -52,7 +52,8 @@ class Refusal(Exception):
         self.rule = rule
 
 
-def git_env(base: Mapping[str, str], *, ssh: str | None, extra_config: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+def git_env(base: Mapping[str, str], *, ssh: str | None,
+            extra_config: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """Root's git environment: ``gitenv``'s hygiene, no system config, nothing the caller set for git."""
     clean = {k: v for k, v in base.items() if not k.startswith(("GIT_CONFIG_", "GIT_SSH"))}
     env = gitenv.build_env(clean, timeout=FETCH_TIMEOUT, ssh=ssh,

@@ -82,8 +82,8 @@ def check_signature(repo: Path, env: Mapping[str, str], commit: str, policy: Pol
         check_env = {**_with_config(env, config), "GNUPGHOME": str(home)}
         if kind == "openpgp":
             imported = gitenv.run_captured(
-                [policy.gpg, "--batch", "--quiet", "--no-tty", "--no-autostart", "--import", str(policy.openpgp_keys)], check_env,
-                None, 60)
+                [policy.gpg, "--batch", "--quiet", "--no-tty", "--no-autostart", "--import",
+                 str(policy.openpgp_keys)], check_env, None, 60)
             if not imported.ok:
                 raise Refusal("signature", f"cannot read the OpenPGP keys in {policy.openpgp_keys}: "
                                            f"{imported.error_text()}")
