@@ -9,11 +9,13 @@
 # Switching a system does need root. The agent asks for it through a narrow channel: it
 # writes <state>/privileged/request.json, the path unit nixfleet-agent-privileged.path sees
 # the file and starts the root oneshot nixfleet-agent-privileged.service, which validates
-# the request (allowlisted action, commit id, flake attribute), builds exactly that commit
-# from the agent's clone and reports through files the agent can read (contract:
-# docs/architecture.md, "Privileged switch channel"). A path unit was chosen over a polkit
-# rule because it needs neither polkit on the host nor any IPC the agent could abuse: the
-# only thing the agent can do is drop a small file that root parses strictly.
+# the request (allowlisted action, commit id, this host's flake attribute), fetches repoUrl
+# into a clone of its own with its own copy of the deploy key, builds the commit only if it
+# is on the branch as just fetched (and, with signers configured, signed by one of them),
+# and reports through files only the agent's uid can read (contract: docs/root-boundary.md).
+# A path unit was chosen over a polkit rule because it needs neither polkit on the host nor
+# any IPC the agent could abuse: the only thing the agent can do is drop a small file that
+# root parses strictly, and nothing the agent wrote decides what root builds.
 #
 # Neither unit is restarted or stopped by the switch it runs (restartIfChanged = false,
 # X-StopOnRemoval = false, as nixos-upgrade.service). The agent restarts itself (exit 101,
@@ -36,17 +38,19 @@ let
 
   configFile = shared.settingsFormat.generate "nixfleet-agent.toml" cfg.settings;
 
+  legacy = cfg.configRepo != null;
+
   # With DynamicUser the state lives here and /var/lib/nixfleet-agent is a symlink to it;
   # the privileged side uses the real path so it never follows a link the agent controls.
-  stateDir = "/var/lib/private/nixfleet-agent";
+  # In legacy mode the agent is a real user and its state is the plain directory.
+  stateDir = if legacy then "/var/lib/nixfleet-agent" else "/var/lib/private/nixfleet-agent";
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
-  repoDir = if cfg.configRepo != null then cfg.configRepo else "${stateDir}/repo";
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
   validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9._-]{1,63}" cfg.hostname != null;
 in
 {
-  options.services.nixfleet-agent = shared.options // {
+  options.services.nixfleet-agent = shared.options // shared.nixosOptions // {
     nixosRebuildPackage = lib.mkOption {
       type = lib.types.package;
       default = config.system.build.nixos-rebuild;
@@ -63,7 +67,15 @@ in
       {
         # the privileged unit builds from the clone at the path it knows, in the state directory
         assertion = !(cfg.settings ? repo_dir || cfg.settings ? state_dir);
-        message = "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set on NixOS: the agent's clone lives in its state directory (/var/lib/nixfleet-agent), where the privileged switch unit builds from; remove them.";
+        message = "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set on NixOS: the agent's clone lives in its state directory (/var/lib/nixfleet-agent); remove them.";
+      }
+      {
+        assertion = legacy -> cfg.configRepoUser != null;
+        message = "services.nixfleet-agent.configRepoUser must name the owner of configRepo ${toString cfg.configRepo} (the agent runs as that user to pull the checkout, e.g. \"alice\"); better, set services.nixfleet-agent.repoUrl instead of configRepo.";
+      }
+      {
+        assertion = !legacy -> cfg.configRepoUser == null;
+        message = "services.nixfleet-agent.configRepoUser only applies with configRepo; remove it (with repoUrl the agent runs as a dynamic user).";
       }
       {
         assertion = validAttr;
@@ -76,7 +88,7 @@ in
     services.nixfleet-agent.settings = shared.settingsFromOptions cfg // {
       # switches go through the root unit below, never through the agent's own children
       switch_launcher = "privileged";
-      privileged_dir = privilegedDir;
+      privileged_dir = "${privilegedDir}/results";
     };
 
     systemd.services.nixfleet-agent = {
@@ -108,7 +120,7 @@ in
         Restart = "always";
         RestartSec = 10;
 
-        DynamicUser = true;
+        DynamicUser = !legacy;
         StateDirectory = "nixfleet-agent";
         StateDirectoryMode = "0700";
         UMask = "0077";
@@ -162,8 +174,15 @@ in
         ];
         SystemCallErrorNumber = "EPERM";
       }
-      // lib.optionalAttrs (cfg.configRepo != null) {
-        # the deprecated legacy checkout lives outside the state directory
+      // lib.optionalAttrs legacy {
+        # The deprecated legacy checkout is another user's: run as that user (git refuses a
+        # checkout of another owner, and a dynamic user could not write it), and of all homes
+        # see only the checkout.
+        User = cfg.configRepoUser;
+        # RemoveIPC would remove the IPC objects of the user's own sessions when the agent stops
+        RemoveIPC = false;
+        ProtectHome = "tmpfs";
+        BindPaths = [ cfg.configRepo ];
         ReadWritePaths = [ cfg.configRepo ];
       };
     };
@@ -185,30 +204,60 @@ in
       restartIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
 
+      # systemd's default (5 starts in 10 s) fails a refused request and its immediate retry,
+      # and a start-limit-hit unit makes the path unit stop watching until someone restarts it.
+      # Each run consumes its request, so only the agent writing requests decides the rate; this
+      # still stops a compromised agent from keeping root busy fetching without end.
+      startLimitBurst = 30;
+      startLimitIntervalSec = 60;
+
       path = [
         pkgs.coreutils
         pkgs.gnutar
         pkgs.xz
         pkgs.gzip
         pkgs.git
+        pkgs.openssh # root fetches repoUrl itself; ssh-keygen checks SSH signatures
         config.nix.package
         config.systemd.package
-      ];
+      ]
+      ++ lib.optional (cfg.privileged.openpgpKeysFile != null) pkgs.gnupg;
+
+      environment = {
+        # root's own known_hosts (accept-new) and git's home; never the agent's
+        HOME = "${privilegedDir}/root";
+      };
 
       serviceConfig = {
         Type = "oneshot";
-        ExecStart = lib.concatStringsSep " " [
-          (lib.getExe' cfg.package "nixfleet-agent-privileged")
-          "--request ${stateDir}/privileged/request.json"
-          "--repo ${repoDir}"
-          "--out-dir ${privilegedDir}"
-          "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
-          "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
-        ];
+        # What to fetch and build (repo_url or config_repo, branch, hostname, agent_input,
+        # known_hosts_file) comes from the agent's TOML in the store, never from the agent.
+        ExecStart = lib.concatStringsSep " " (
+          [
+            (lib.getExe' cfg.package "nixfleet-agent-privileged")
+            "--config ${configFile}"
+            "--request ${stateDir}/privileged/request.json"
+            "--out-dir ${privilegedDir}/results"
+            "--state-dir ${privilegedDir}/root"
+            "--keep ${toString cfg.privileged.keepResults}"
+            "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
+            "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+          ]
+          # "${...}" copies a path literal into the store: public keys, readable by anyone
+          ++ lib.optional (
+            cfg.privileged.allowedSignersFile != null
+          ) "--allowed-signers ${cfg.privileged.allowedSignersFile}"
+          ++ lib.optional (
+            cfg.privileged.openpgpKeysFile != null
+          ) "--openpgp-keys ${cfg.privileged.openpgpKeysFile}"
+        );
+        # results/ and its request directories are 0711: the agent reaches the files meant
+        # for it (0600, its uid) by name; nobody can list them; root/ (clone, state) is 0700
         StateDirectory = "nixfleet-agent-privileged";
-        StateDirectoryMode = "0755";
-        # output.log and result.json must be readable by the (dynamic) agent user
-        UMask = "0022";
+        StateDirectoryMode = "0711";
+        UMask = "0077";
+        # root's own copy of the deploy key, for fetching repoUrl itself
+        LoadCredential = lib.optional (cfg.sshKeyFile != null) "ssh-key:${toString cfg.sshKeyFile}";
       };
     };
   };

@@ -163,6 +163,53 @@ in
     };
   };
 
+  # NixOS only: the root side of the privileged switch channel, and who runs the agent in the
+  # deprecated legacy mode. (Home Manager has no root side.)
+  nixosOptions = {
+    configRepoUser = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "alice";
+      description = ''
+        Owner of the deprecated {option}`configRepo` checkout; required with it. The agent runs
+        as this user (not as a dynamic user) so that it can pull the checkout, and the
+        privileged unit builds the checkout's commits: in this mode root trusts this user, and
+        anything that runs as this user, as much as itself.
+      '';
+    };
+
+    privileged = {
+      allowedSignersFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression "./allowed_signers";
+        description = ''
+          SSH allowed-signers file (git's `gpg.ssh.allowedSignersFile` format:
+          `<principal> <key type> <public key>` per line). When set, or
+          {option}`privileged.openpgpKeysFile` is, the privileged unit builds only commits whose
+          signature verifies against these signers, and refuses a commit older than the last one
+          it deployed (the `rollback` command goes back without building).
+        '';
+      };
+
+      openpgpKeysFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = literalExpression "./fleet-signers.asc";
+        description = ''
+          File of ASCII-armoured OpenPGP public keys whose commit signatures the privileged unit
+          accepts (see {option}`privileged.allowedSignersFile`).
+        '';
+      };
+
+      keepResults = mkOption {
+        type = types.ints.between 1 1000;
+        default = 20;
+        description = "Number of per-request result directories (build logs) the privileged unit keeps.";
+      };
+    };
+  };
+
   # TOML keys from the typed options; null means "let the agent decide" and is left out.
   settingsFromOptions =
     cfg:

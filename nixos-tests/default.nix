@@ -81,6 +81,11 @@ in
     agent = switchAgent;
   };
 
+  vm-root-boundary = mkTest "root-boundary" {
+    server = common.server;
+    agent = switchAgent;
+  };
+
   vm-secrets = mkTest "secrets" {
     server = common.server;
     agent = common.agent { };

@@ -20,26 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gitenv, log
+from . import gitenv, log, nix
 from .gitenv import RunFn
 from .repo import Repo, RepoError
 
 _log = log.get("flakeupdate")
 
-NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
-NIX = ("nix", *NIX_FLAGS)
-NIX_FLAKE_UPDATE = (*NIX, "flake", "update")
-
-
-def nix_update_argv(inputs: Sequence[str] = ()) -> list[str]:
-    """All inputs, or only the named ones. ``nix flake lock --update-input`` is the form every Nix
-    from 2.4 on accepts (newer ones also spell it ``nix flake update <input>``)."""
-    if not inputs:
-        return list(NIX_FLAKE_UPDATE)
-    argv = [*NIX, "flake", "lock"]
-    for name in inputs:
-        argv += ["--update-input", name]
-    return argv
 
 _NO_ACCESS_MARKERS = (
     "permission denied",
@@ -77,7 +63,7 @@ class InputChange:
 class UpdateResult:
     """What happened, for the command to report. ``exit_code`` 0 unless the update itself failed."""
 
-    outcome: str  # pushed | up-to-date | no-push-access | updated-locally | committed-locally | failed
+    outcome: str  # pushed | up-to-date | no-push-access | updated-locally | failed
     message: str
     exit_code: int = 0
     attempts: int = 0
@@ -215,7 +201,7 @@ def _nix_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> int:
         repo.emit(f"error: flake.lock has no input named {', '.join(missing)} (the agent_input setting "
                   f"names the input that provides nixfleet-agent)", "stderr")
         return 1
-    argv = nix_update_argv(inputs)
+    argv = nix.flake_update(inputs)
     code = run(argv, repo.git_env(), repo.path)
     if code != 0:
         repo.emit(f"error: {' '.join(argv[3:])} failed (exit {code})", "stderr")
@@ -225,29 +211,6 @@ def _nix_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> int:
 def _lock_dirty(repo: Repo) -> bool:
     status = repo.git("status", "--porcelain", "--", "flake.lock")
     return bool(status.stdout.strip())
-
-
-def commit_lock_locally(repo: Repo) -> UpdateResult:
-    """``force-update`` under the NixOS privileged launcher: root builds exactly one commit of the
-    clone, never its work tree, so an updated ``flake.lock`` is committed in the agent's own clone.
-    Not pushed (publishing a lock is ``update``'s job); the next pull resets the clone to the remote.
-    The user's checkout in legacy mode is not the agent's to commit into: it only gets a note."""
-    if not repo.isolated:
-        return UpdateResult("updated-locally", "note: legacy config_repo mode: the privileged switch builds the "
-                            "checked-out commit, without this flake.lock update")
-    if not _lock_dirty(repo):
-        return UpdateResult("up-to-date", f"flake.lock unchanged: building {repo.head()[:7]}")
-    old = repo.git("show", "HEAD:flake.lock")
-    changes = lock_changes(old.stdout if old.ok else None, _read_lock(repo))
-    message = commit_message(changes, repo.cfg.hostname) + "(force-update on this host; not pushed)\n"
-    commit = _commit_lock(repo, message, repo.git_env(repo.author_env()))
-    if not commit.ok:
-        return UpdateResult("failed", f"cannot commit the updated flake.lock for the privileged switch: "
-                            f"{commit.error_text()}", 1, 1, changes)
-    sha = repo.head()
-    names = ", ".join(c.name for c in changes) or "flake.lock"
-    return UpdateResult("committed-locally", f"committed {names} locally as {sha[:7]} (not pushed) for the "
-                        "privileged switch", 0, 1, changes, sha)
 
 
 def _commit_lock(repo: Repo, message: str, env: Mapping[str, str]) -> gitenv.GitResult:

@@ -90,6 +90,7 @@ class Operation:
     agent_before: str = ""
     flake_attr: str = ""
     refresh: bool = False  # privileged: build bypassing Nix's negative narinfo cache (force-*)
+    update_lock: bool = False  # privileged force-update: root refreshes the agent's input before building
     pid: int | None = None
     started_at: float = field(default_factory=time.time)
     reported: bool = False
@@ -235,6 +236,8 @@ class PrivilegedLauncher:
                                       "flake_attr": op.flake_attr}
         if op.refresh:  # only when asked, so a plain switch stays readable by an older root unit
             request["refresh"] = True
+        if op.update_lock:
+            request["update_lock"] = True
         write_private(self.request_path(), json.dumps(request, indent=1), durable=True)
         return None
 

@@ -3,6 +3,7 @@
   python3Packages,
   git,
   openssl,
+  openssh,
   # The flake passes `self.rev or self.dirtyRev or "unknown"`; the agent reports it as
   # `source_commit`, so the dashboard can tell which revision a host really runs.
   sourceCommit ? "unknown",
@@ -63,6 +64,9 @@ python3Packages.buildPythonApplication {
     python3Packages.websockets
     git
     openssl
+    # ssh-keygen: the root side's signed-commit tests make and check SSH signatures
+    # (the OpenPGP case needs a gpg-agent and stays for dev/test)
+    openssh
   ];
 
   # The tests live next to agent/, not inside it; git wants a home.
@@ -79,7 +83,7 @@ python3Packages.buildPythonApplication {
   pythonImportsCheck = [
     "nixfleet_agent"
     "nixfleet_agent.config"
-    "nixfleet_agent.privileged"
+    "nixfleet_agent.root.main"
   ];
 
   meta = {

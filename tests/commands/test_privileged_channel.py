@@ -1,5 +1,7 @@
-"""The agent's privileged launcher against the real root side (``nixfleet-agent-privileged``),
-run the way the path unit runs it whenever ``request.json`` appears."""
+"""The agent's privileged launcher against the real root side (``nixfleet-agent-privileged``), run
+the way the path unit runs it whenever ``request.json`` appears, with root's own clone of the
+fleet repository: root builds only what the fleet published, and a refusal reaches the dashboard
+as the command's error while the agent stays usable."""
 
 from __future__ import annotations
 
@@ -18,10 +20,17 @@ HOST = "test-host"
 class RootUnit:
     """Plays systemd's path unit: start the root oneshot each time the request file exists."""
 
-    def __init__(self, state: Path, out_dir: Path, env: dict[str, str], repo: Path | None = None) -> None:
+    def __init__(self, state: Path, tmp: Path, origin: Path, env: dict[str, str]) -> None:
         self.request = state / "privileged" / "request.json"
-        self.state, self.out_dir, self.env = state, out_dir, env
-        self.repo = repo or state / "repo"
+        self.out_dir = tmp / "privileged-root"
+        self.root_state = tmp / "root-state"
+        self.clone = self.root_state / "repo"
+        self.argv = [sys.executable, "-m", "nixfleet_agent.root", "--request", str(self.request),
+                     "--repo-url", str(origin), "--branch", "main", "--flake-attr", HOST,
+                     "--out-dir", str(self.out_dir), "--state-dir", str(self.root_state),
+                     "--nixos-rebuild", str(SHIMS / "nixos-rebuild"), "--systemctl", str(SHIMS / "systemctl"),
+                     "--nix", str(SHIMS / "nix")]
+        self.env = env
         self.runs: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -30,11 +39,7 @@ class RootUnit:
     def _loop(self) -> None:
         while not self._stop.wait(0.05):
             if self.request.exists():
-                proc = subprocess.run(
-                    [sys.executable, "-m", "nixfleet_agent.privileged", "--request", str(self.request),
-                     "--repo", str(self.repo), "--out-dir", str(self.out_dir),
-                     "--nixos-rebuild", str(SHIMS / "nixos-rebuild"), "--systemctl", str(SHIMS / "systemctl")],
-                    env=self.env, capture_output=True, timeout=60, check=False)
+                proc = subprocess.run(self.argv, env=self.env, capture_output=True, timeout=60, check=False)
                 self.runs.append(proc.returncode)
 
     def close(self) -> None:
@@ -42,18 +47,22 @@ class RootUnit:
         self._thread.join(5)
 
 
-def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> None:
-    out_dir = tmp_path / "privileged-root"
-    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
+def start(session, fleet_repo: Path, tmp_path: Path) -> tuple[Path, RootUnit]:
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(tmp_path / "privileged-root"))
     state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
-    root = RootUnit(state, out_dir, session.agent.env)
+    return state, RootUnit(state, tmp_path, fleet_repo, session.agent.env)
+
+
+def test_switch_and_rollback_through_the_root_unit(session, fleet_repo, tmp_path: Path) -> None:
+    state, root = start(session, fleet_repo, tmp_path)
     try:
         mark = session.dash.mark()
         status, records = session.run("switch", timeout=30)
         assert status["status"] == "ok", (status, session.lines(records))
         head = git(state / "repo", "rev-parse", "HEAD")
         call = session.shims.calls("nixos-rebuild")[-1]
-        assert call["argv"][0] == "switch" and call["argv"][-1].endswith(f"?rev={head}#{HOST}")
+        assert call["argv"][:2] == ["switch", "--flake"], call
+        assert call["argv"][2] == f"git+file://{root.clone}?ref=main&rev={head}#{HOST}", call  # root's clone
         assert "activating the configuration..." in session.lines(records)
         assert not session.shims.calls("sudo")  # no sudo anywhere on this path
         session.wait_reregistered(mark)
@@ -66,64 +75,99 @@ def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> N
         root.close()
 
 
-def test_force_update_builds_the_updated_lock_through_the_root_unit(session, fleet_repo, tmp_path: Path) -> None:
-    """Root builds a commit, never the work tree: force-update commits the new lock in the agent's
-    clone (not pushed) and the root unit builds that commit with the negative cache off."""
+def test_a_commit_the_agent_authored_is_refused_with_roots_reason(session, fleet_repo, tmp_path: Path) -> None:
+    """The attack of issue 11: a commit in the agent's clone that no remote branch has (here one
+    adding an SSH key for root). Root refuses it, the dashboard hears why, nothing is built, and
+    the next published commit switches as usual."""
+    state, root = start(session, fleet_repo, tmp_path)
+    clone = state / "repo"
+    try:
+        (clone / "root-key.nix").write_text('{ users.users.root.openssh.authorizedKeys.keys = [ "ssh-ed25519 X" ]; }\n')
+        git(clone, "add", "root-key.nix")
+        git(clone, "commit", "-q", "-m", "let me in")
+        evil = git(clone, "rev-parse", "HEAD")
+        status, records = session.run("switch", timeout=30)
+        assert status["status"] == "error" and status["exit_code"] == 2, status
+        message = str(status["message"])
+        assert message.startswith(f"published: commit {evil} is not in main of {fleet_repo}"), message
+        assert "root builds only published commits" in message
+        assert any(message in line for line in session.lines(records))
+        assert not session.shims.calls("nixos-rebuild")  # nothing was built
+        wait_for(lambda: root.runs == [1], 10, "the root unit to exit (1: its action failed)")
+        # the agent stays usable: the published head switches
+        published = git(fleet_repo, "rev-parse", "HEAD")
+        status, records = session.run("pull-switch", timeout=30)
+        assert status["status"] == "ok", (status, session.lines(records))
+        assert session.shims.calls("nixos-rebuild")[-1]["argv"][2].endswith(f"rev={published}#{HOST}")
+    finally:
+        root.close()
+
+
+def test_a_commit_force_pushed_away_is_refused_and_the_new_head_accepted(session, fleet_repo,
+                                                                          tmp_path: Path) -> None:
+    (fleet_repo / "bad.nix").write_text("{ bad = true; }\n")
+    git(fleet_repo, "add", "bad.nix")
+    git(fleet_repo, "commit", "-q", "-m", "a mistake")
+    state, root = start(session, fleet_repo, tmp_path)
+    clone = state / "repo"
+    try:
+        removed = git(clone, "rev-parse", "HEAD")
+        mark = session.dash.mark()
+        status, _ = session.run("switch", timeout=30)  # published when asked: root fetched and built it
+        assert status["status"] == "ok", status
+        session.wait_reregistered(mark)
+        git(fleet_repo, "reset", "-q", "--hard", "HEAD~1")
+        (fleet_repo / "good.nix").write_text("{ good = true; }\n")
+        git(fleet_repo, "add", "good.nix")
+        git(fleet_repo, "commit", "-q", "-m", "the fix (force-pushed over the mistake)")
+        new_head = git(fleet_repo, "rev-parse", "HEAD")
+        status, _ = session.run("switch", timeout=30)  # the agent's clone still holds the removed commit
+        assert status["status"] == "error", status
+        assert str(status["message"]).startswith(f"published: commit {removed} is no longer on (force-pushed away "
+                                                 f"from) main"), status
+        status, records = session.run("pull-switch", timeout=30)
+        assert status["status"] == "ok", (status, session.lines(records))
+        assert session.shims.calls("nixos-rebuild")[-1]["argv"][2].endswith(f"rev={new_head}#{HOST}")
+    finally:
+        root.close()
+
+
+def test_force_update_has_root_refresh_the_lock_of_the_published_commit(session, fleet_repo,
+                                                                         tmp_path: Path) -> None:
+    """Root builds only published commits: force-update no longer commits in the agent's clone;
+    root refreshes the agent's input in a throwaway work tree of the pulled, verified commit,
+    commits that in its own clone and builds it with the negative cache off."""
     lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
                       "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
     (fleet_repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
     git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet input")
     origin_head = git(fleet_repo, "rev-parse", "HEAD")
-    out_dir = tmp_path / "privileged-root"
-    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
-    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    state, root = start(session, fleet_repo, tmp_path)
     clone = state / "repo"
-    root = RootUnit(state, out_dir, session.agent.env)
     try:
         session.shims.set("lock_rev", "1" * 40)
         mark = session.dash.mark()
         status, records = session.run("force-update", timeout=60)
         assert status["status"] == "ok", (status, session.lines(records))
-        head = git(clone, "rev-parse", "HEAD")
-        assert head != origin_head and git(clone, "rev-parse", "HEAD~1") == origin_head
-        built = json.loads(git(clone, "show", f"{head}:flake.lock"))
-        assert built["nodes"]["nixfleet"]["locked"]["rev"] == "1" * 40
+        assert git(clone, "rev-parse", "HEAD") == origin_head  # the agent authored nothing
+        lock_call = session.shims.calls("nix")[-1]
+        assert "--update-input" in lock_call["argv"] and "nixfleet" in lock_call["argv"], lock_call
+        assert lock_call["cwd"].startswith(str(root.root_state / "work")), lock_call  # root's work tree
         argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
-        assert argv[:3] == ["switch", "--flake", f"git+file://{clone}?rev={head}#{HOST}"], argv
+        built = argv[2].split("rev=")[1].split("#")[0]
+        assert argv[2] == f"git+file://{root.clone}?ref=nixfleet-lock-refresh&rev={built}#{HOST}", argv
         assert argv[3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
-        assert any(f"locally as {head[:7]} (not pushed)" in line for line in session.lines(records))
+        assert git(root.clone, "rev-parse", f"{built}~1") == origin_head
+        assert json.loads(git(root.clone, "show", f"{built}:flake.lock"))["nodes"]["nixfleet"]["locked"]["rev"] \
+            == "1" * 40
+        assert git(root.clone, "log", "-1", "--format=%an", built) == "nixfleet-agent-privileged"
         assert git(fleet_repo, "rev-parse", "HEAD") == origin_head  # nothing published
-        # force-rebuild: the same option, on the commit as it is
+        assert not list((root.root_state / "work").iterdir())  # the work tree is gone
+        # force-rebuild: the same option, on the published commit as it is
         session.wait_reregistered(mark)
-        mark = session.dash.mark()
         session.run("force-rebuild", timeout=30)
         argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
-        assert argv[-3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
-        # and a plain switch pulls: the local commit is gone, origin's lock is built again
-        session.wait_reregistered(mark)
-        session.run("pull-switch", timeout=30)
-        assert git(clone, "rev-parse", "HEAD") == origin_head
-        assert "--option" not in session.shims.calls("nixos-rebuild")[-1]["argv"]
-    finally:
-        root.close()
-
-
-def test_a_request_the_root_unit_refuses_is_reported_with_its_reason(session, tmp_path: Path) -> None:
-    """The root side checks the commit against *its* view of the clone; when it refuses, the
-    dashboard gets the refusal (field and reason) as the switch's error, not a silent hang."""
-    out_dir = tmp_path / "privileged-root"
-    elsewhere = tmp_path / "other-clone"
-    git(tmp_path, "init", "-q", str(elsewhere))
-    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
-    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
-    root = RootUnit(state, out_dir, session.agent.env, repo=elsewhere)
-    try:
-        status, records = session.run("switch", timeout=30)
-        head = git(state / "repo", "rev-parse", "HEAD")
-        assert status["status"] == "error" and status["exit_code"] == 2, status
-        assert status["message"] == f"commit: {head} is not a commit in {elsewhere}", status
-        assert f"commit: {head} is not a commit in {elsewhere}" in "\n".join(session.lines(records))
-        assert not session.shims.calls("nixos-rebuild")  # nothing was built
-        wait_for(lambda: root.runs == [1], 10, "the root unit to exit (1: its action failed)")
+        assert argv[2].endswith(f"ref=main&rev={origin_head}#{HOST}") and argv[-3:] == [
+            "--option", "narinfo-cache-negative-ttl", "0"], argv
     finally:
         root.close()

@@ -82,10 +82,13 @@ def test_secrets_only_as_credentials(good: tuple[Path, str]) -> None:
     assert service["LoadCredential"] == [f"token:{TOKEN_FILE}", f"ssh-key:{SSH_KEY_FILE}"]
     assert "EnvironmentFile" not in service
     assert not any("TOKEN" in env or "SSH_KEY" in env for env in service.get("Environment", []))
-    # the paths appear in LoadCredential and nowhere else, in no unit and not in the config file
+    # the paths appear in LoadCredential and nowhere else, in no unit and not in the config file;
+    # root gets its own copy of the deploy key (it fetches repoUrl itself), never the token
+    privileged = (out / "units" / "nixfleet-agent-privileged.service").read_text()
+    assert parse_unit(privileged)["Service"]["LoadCredential"] == [f"ssh-key:{SSH_KEY_FILE}"]
+    assert privileged.count(SSH_KEY_FILE) == 1 and TOKEN_FILE not in privileged
     for path in (TOKEN_FILE, SSH_KEY_FILE):
         assert text.count(path) == 1
-        assert path not in (out / "units" / "nixfleet-agent-privileged.service").read_text()
         assert path not in (out / "scripts" / "nixfleet-agent.toml").read_text()
     assert "token" not in (out / "scripts" / "nixfleet-agent.toml").read_text()
 
@@ -135,16 +138,24 @@ def test_privileged_unit_survives_the_switch_it_runs(good: tuple[Path, str]) -> 
     assert service["Type"] == ["oneshot"]
     assert service["X-RestartIfChanged"] == ["false"]
     assert parsed["Unit"]["X-StopOnRemoval"] == ["false"]
+    # a refused request and its retry must not hit systemd's default start limit (5 in 10 s),
+    # which would leave the path unit no longer watching
+    assert parsed["Unit"]["StartLimitBurst"] == ["30"] and parsed["Unit"]["StartLimitIntervalSec"] == ["60"]
     assert "Install" not in parsed  # started only by the path unit
     (exec_start,) = service["ExecStart"]
     argv = exec_start.split(" ")
     assert argv[0].endswith("/bin/nixfleet-agent-privileged")
     options = dict(zip(argv[1::2], argv[2::2]))
     assert options["--request"] == "/var/lib/private/nixfleet-agent/privileged/request.json"
-    assert options["--repo"] == "/var/lib/private/nixfleet-agent/repo"
-    assert options["--out-dir"] == "/var/lib/nixfleet-agent-privileged"
+    # what to fetch and build comes from the module's config file, never from the agent's clone
+    assert options["--config"].startswith("/nix/store/") and options["--config"].endswith("-nixfleet-agent.toml")
+    assert "--repo" not in options and "--legacy-repo" not in options
+    assert options["--out-dir"] == "/var/lib/nixfleet-agent-privileged/results"
+    assert options["--state-dir"] == "/var/lib/nixfleet-agent-privileged/root"
+    assert options["--keep"] == "20"
     assert options["--nixos-rebuild"].endswith("/bin/nixos-rebuild")
-    assert service["StateDirectoryMode"] == ["0755"]
+    assert "--allowed-signers" not in options and "--openpgp-keys" not in options  # opt in
+    assert service["StateDirectoryMode"] == ["0711"] and service["UMask"] == ["0077"]
 
 
 def test_path_unit_watches_the_request_and_verifies(good: tuple[Path, str]) -> None:
@@ -177,7 +188,7 @@ def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) ->
         "device_type": "server",
         "theme_color": "#7aa2f7",
         "switch_launcher": "privileged",
-        "privileged_dir": "/var/lib/nixfleet-agent-privileged",
+        "privileged_dir": "/var/lib/nixfleet-agent-privileged/results",
     }
 
 
@@ -203,9 +214,12 @@ def test_settings_override_options(tmp_path: Path) -> None:
         ({"settings": {"token": "secret"}}, "services.nixfleet-agent.settings.token would put the token"),
         ({"settings": {"repo_dir": "/srv/clone"}}, "settings.repo_dir and .state_dir cannot be set on NixOS"),
         ({"settings": {"state_dir": "/srv/state"}}, "settings.repo_dir and .state_dir cannot be set on NixOS"),
+        ({"repoUrl": None, "configRepo": "/srv/nixcfg"},
+         "services.nixfleet-agent.configRepoUser must name the owner of configRepo /srv/nixcfg"),
+        ({"configRepoUser": "alice"}, "services.nixfleet-agent.configRepoUser only applies with configRepo"),
     ],
     ids=["no-url", "no-token", "no-repo", "both-repos", "token-in-store", "key-in-store", "bad-hostname",
-         "token-in-settings", "repo-dir", "state-dir"],
+         "token-in-settings", "repo-dir", "state-dir", "legacy-without-user", "user-without-legacy"],
 )
 def test_each_assertion_fires(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
     proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings", settings(**overrides))
@@ -213,15 +227,37 @@ def test_each_assertion_fires(tmp_path: Path, overrides: dict[str, object], mess
     assert "Failed assertions" in proc.stdout and message in proc.stdout, proc.stdout
 
 
-def test_config_repo_warns_and_is_built_from(tmp_path: Path) -> None:
+def test_config_repo_runs_the_agent_as_the_checkouts_owner(tmp_path: Path) -> None:
     proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings",
-               settings(repoUrl=None, configRepo="/srv/nixcfg"))
+               settings(repoUrl=None, configRepo="/home/alice/nixcfg", configRepoUser="alice"))
     assert proc.returncode == 0, proc.stdout
     assert "services.nixfleet-agent.configRepo is deprecated" in proc.stdout
     agent = unit(tmp_path, "nixfleet-agent.service")["Service"]
-    assert agent["ReadWritePaths"] == ["/srv/nixcfg"]
+    assert agent["User"] == ["alice"] and agent["DynamicUser"] == ["false"]
+    assert agent["ProtectHome"] == ["tmpfs"] and agent["BindPaths"] == ["/home/alice/nixcfg"]
+    assert agent["RemoveIPC"] == ["false"]  # a real user's sessions keep their IPC objects
+    assert agent["ReadWritePaths"] == ["/home/alice/nixcfg"]
     privileged = unit(tmp_path, "nixfleet-agent-privileged.service")["Service"]
-    assert "--repo /srv/nixcfg " in privileged["ExecStart"][0]
+    # the real user's state is the plain directory; root reads config_repo from the config file
+    assert "--request /var/lib/nixfleet-agent/privileged/request.json " in privileged["ExecStart"][0]
+    text = eval_json("nixos-good.nix", 'config.systemd.units."nixfleet-agent-privileged.path".text', "--arg",
+                     "settings", settings(repoUrl=None, configRepo="/home/alice/nixcfg", configRepoUser="alice"))
+    assert isinstance(text, str)
+    assert parse_unit(text)["Path"]["PathExists"] == ["/var/lib/nixfleet-agent/privileged/request.json"]
+
+
+def test_signers_are_passed_to_the_root_unit(tmp_path: Path) -> None:
+    proc = run("nixos", "nixos-good.nix", tmp_path, "--arg", "settings",
+               settings(privileged={"allowedSignersFile": "/etc/nixfleet/allowed_signers",
+                                    "openpgpKeysFile": "/etc/nixfleet/signers.asc", "keepResults": 5}))
+    assert proc.returncode == 0, proc.stdout
+    service = unit(tmp_path, "nixfleet-agent-privileged.service")["Service"]
+    argv = service["ExecStart"][0].split(" ")
+    options = dict(zip(argv[1::2], argv[2::2]))
+    assert options["--allowed-signers"] == "/etc/nixfleet/allowed_signers"
+    assert options["--openpgp-keys"] == "/etc/nixfleet/signers.asc"
+    assert options["--keep"] == "5"
+    assert any("-gnupg-" in entry for env in service["Environment"] for entry in env.split(":"))
 
 
 def test_bad_option_value_is_a_type_error(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_wheel_metadata(wheel: Path) -> None:
     assert any(r.startswith("tomli") and 'python_version < "3.11"' in r for r in requires)
     assert meta["Version"] == VERSION
     assert "nixfleet-agent = nixfleet_agent.cli:main" in entry_points
-    assert "nixfleet-agent-privileged = nixfleet_agent.privileged:main" in entry_points
+    assert "nixfleet-agent-privileged = nixfleet_agent.root.main:main" in entry_points
 
 
 def test_wheel_installs_and_reports_its_version(wheel: Path, tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""The root side of the privileged switch channel (`nixfleet-agent-privileged`).
+"""The root side of the privileged switch channel (`nixfleet-agent-privileged`): the request file.
 
-Root must not trust the unprivileged agent: only allowlisted actions, only a well-formed commit
-that exists in the clone, never a symlink or an oversized or special file, never a replayed id.
-Accepted requests build exactly `git+file://<repo>?rev=<sha>#<attr>` with git trusting that one
-repository, stream all output to output.log and end with result.json. `nixos-rebuild` and
-`systemctl` are shims that record how they were called.
+Root must not trust the unprivileged agent: only allowlisted actions, only a well-formed commit,
+this host's attribute, never a symlink or an oversized or special file, never a replayed id; what
+is not a request leaves the watched path. Accepted requests build exactly
+`git+file://<root's clone>?ref=<branch>&rev=<sha>#<attr>`, stream all output to output.log and end
+with result.json, both for the requesting uid only. `nixos-rebuild` and `systemctl` are shims that
+record how they were called. Which commits root accepts: test_trust.py.
 """
 
 from __future__ import annotations
@@ -18,75 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from nixfleet_agent import privileged
+from root_support import ID, Host, git
 
-SHIM = """#!/bin/sh
-# records argv, cwd and git's safe.directory setting, prints some output, exits $SHIM_EXIT
-printf '%s\\n' "$*" >> "$SHIM_CALLS"
-echo "building: $*"
-echo "git config: $GIT_CONFIG_KEY_0=$GIT_CONFIG_VALUE_0 $GIT_CONFIG_KEY_1=$GIT_CONFIG_VALUE_1 \\
-$GIT_CONFIG_KEY_2=$GIT_CONFIG_VALUE_2 count=$GIT_CONFIG_COUNT cwd=$(pwd)"
-echo "to stderr" >&2
-exit "${SHIM_EXIT:-0}"
-"""
-
-
-def git(repo: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="a", GIT_AUTHOR_EMAIL="a@example.test",
-               GIT_COMMITTER_NAME="a", GIT_COMMITTER_EMAIL="a@example.test")
-    return subprocess.run(["git", "-C", str(repo), *args], env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
-class Host:
-    """The agent's state dir (request side), its clone, the root-owned output dir and shims."""
-
-    def __init__(self, tmp: Path) -> None:
-        tmp = tmp.resolve()
-        self.state = tmp / "state"
-        self.request_dir = self.state / "privileged"
-        self.request_dir.mkdir(parents=True, mode=0o700)
-        self.request = self.request_dir / "request.json"
-        self.repo = self.state / "repo"
-        self.repo.mkdir()
-        git(self.repo, "init", "-q", "-b", "main")
-        (self.repo / "flake.nix").write_text("{ outputs = _: { }; }\n")
-        git(self.repo, "add", "flake.nix")
-        git(self.repo, "commit", "-q", "-m", "fleet")
-        self.commit = git(self.repo, "rev-parse", "HEAD")
-        self.out = tmp / "privileged-out"
-        self.calls = tmp / "calls"
-        bin_dir = tmp / "bin"
-        bin_dir.mkdir()
-        for name in ("nixos-rebuild", "systemctl"):
-            shim = bin_dir / name
-            shim.write_text(SHIM)
-            shim.chmod(0o755)
-        self.bin = bin_dir
-
-    def write(self, doc: object) -> None:
-        self.request.write_text(json.dumps(doc))
-
-    def good(self, **overrides: object) -> dict[str, object]:
-        return {"id": "20261121T235959Z-1a2b", "action": "switch", "commit": self.commit, "flake_attr": "web1",
-                **overrides}
-
-    def run(self, exit_code: int = 0) -> int:
-        os.environ["SHIM_CALLS"] = str(self.calls)
-        os.environ["SHIM_EXIT"] = str(exit_code)
-        return privileged.main(["--request", str(self.request), "--repo", str(self.repo), "--out-dir", str(self.out),
-                                "--nixos-rebuild", str(self.bin / "nixos-rebuild"),
-                                "--systemctl", str(self.bin / "systemctl")])
-
-    def shim_calls(self) -> list[str]:
-        return self.calls.read_text().splitlines() if self.calls.exists() else []
-
-    def result(self, request_id: str = "20261121T235959Z-1a2b") -> dict[str, object]:
-        return json.loads((self.out / request_id / "result.json").read_text())
-
-    def rejected(self) -> dict[str, object]:
-        return json.loads((self.out / "rejected.json").read_text())
-
+from nixfleet_agent.root import main as root_main
+from nixfleet_agent.root import request as privileged
+from nixfleet_agent.root import source
 
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
@@ -98,36 +35,57 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     return Host(tmp_path)
 
 
-def test_switch_builds_exactly_the_requested_commit(host: Host) -> None:
+def test_switch_builds_exactly_the_requested_commit_from_roots_clone(host: Host) -> None:
     host.write(host.good())
     assert host.run() == 0
-    flake = f"git+file://{host.repo}?rev={host.commit}#web1"
-    assert host.shim_calls() == [f"switch --flake {flake}"]
+    flake = host.flake(host.commit)
+    assert host.builds() == [f"switch --flake {flake}"]
     assert not host.request.exists()
     result = host.result()
-    assert result["id"] == "20261121T235959Z-1a2b" and result["action"] == "switch" and result["exit_code"] == 0
+    assert result["id"] == ID and result["action"] == "switch" and result["exit_code"] == 0
     assert "error" not in result and str(result["finished_at"]).endswith("Z")
-    log = (host.out / "20261121T235959Z-1a2b" / "output.log").read_text()
+    log = host.log()
     assert f"building: switch --flake {flake}" in log
-    assert (f"git config: safe.directory={host.repo} core.hooksPath=/dev/null core.fsmonitor=false count=3 cwd=/"
-            in log)
+    # the one hygiene rule of gitenv reaches Nix's git fetcher; nothing inherited (safe.directory=*)
+    assert "git config: core.hooksPath=/dev/null" in log and "git config: core.fsmonitor=false" in log
+    assert "safe.directory" not in log and "cwd=/ " in log
     assert "to stderr" in log  # stderr is captured in the same log
+    # root's clone is its own: root-owned, private, and not the agent's
+    assert host.clone.stat().st_uid == os.geteuid() and stat.S_IMODE(host.root_dir.stat().st_mode) == 0o700
 
 
-def test_output_files_are_readable_by_the_agent(host: Host) -> None:
-    host.write(host.good())
-    host.run()
-    op_dir = host.out / "20261121T235959Z-1a2b"
-    assert stat.S_IMODE(op_dir.stat().st_mode) == 0o755
+def test_results_are_for_the_requesting_uid_only(host: Host) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to write the request as another uid")
+    host.write(host.good(), owner=65534)
+    assert host.run() == 0
+    op_dir = host.out / ID
+    for directory in (host.out, op_dir):
+        info = directory.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o711, 0)  # passable, not listable
     for name in ("output.log", "result.json"):
-        assert stat.S_IMODE((op_dir / name).stat().st_mode) == 0o644
+        info = (op_dir / name).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 65534), name
+    assert not [p for p in op_dir.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_request_directories_are_pruned_to_a_bounded_number(host: Host) -> None:
+    host.extra = ["--keep", "3"]
+    for n in range(5):
+        host.write(host.good(id=f"req-{n}"))
+        assert host.run() == 0
+        os.utime(host.out / f"req-{n}", (1_000_000 + n, 1_000_000 + n))
+    assert sorted(p.name for p in host.out.iterdir() if p.is_dir()) == ["req-2", "req-3", "req-4"]
 
 
 @pytest.mark.parametrize("action", ["boot", "test"])
-def test_other_build_actions(host: Host, action: str) -> None:
+def test_only_actions_the_agent_sends_are_accepted(host: Host, action: str) -> None:
+    """nixos-rebuild boot/test: valid for nixos-rebuild, never sent by the agent, so refused."""
     host.write(host.good(action=action))
-    assert host.run() == 0
-    assert host.shim_calls() == [f"{action} --flake git+file://{host.repo}?rev={host.commit}#web1"]
+    assert host.run() == 2
+    assert str(host.result()["error"]).startswith(f'action: not allowed (got "{action}"; allowed: switch, '
+                                                  'rollback, reboot)')
+    assert host.shim_calls() == []
 
 
 def test_rollback_and_reboot_need_no_commit(host: Host) -> None:
@@ -172,23 +130,25 @@ def test_malformed_commit_is_rejected(host: Host, commit: object) -> None:
     assert host.shim_calls() == []
 
 
-def test_clone_config_cannot_make_root_run_programs(host: Host) -> None:
-    git(host.repo, "config", "core.fsmonitor", "touch /tmp/pwned")
-    git(host.repo, "config", "core.hooksPath", str(host.repo / "evil-hooks"))
-    env = privileged.git_env(host.repo, os.environ)
-    effective = {key: subprocess.run(["git", "-C", str(host.repo), "config", "--get", key], env=env,
+def test_roots_git_runs_no_program_from_repository_config(host: Host) -> None:
+    """Root's clone is root's, but the rule holds for any repository root's git touches (the legacy
+    checkout is another user's): configuration cannot make root run a program."""
+    git(host.agent_clone, "config", "core.fsmonitor", "touch /tmp/pwned")
+    git(host.agent_clone, "config", "core.hooksPath", str(host.agent_clone / "evil-hooks"))
+    env = source.LegacySource(host.agent_clone, os.environ).env
+    effective = {key: subprocess.run(["git", "-C", str(host.agent_clone), "config", "--get", key], env=env,
                                      capture_output=True, text=True).stdout.strip()
                  for key in ("core.fsmonitor", "core.hooksPath")}
     assert effective == {"core.fsmonitor": "false", "core.hooksPath": "/dev/null"}
 
 
-def test_git_trusts_exactly_the_clone_owned_by_another_user(host: Host, tmp_path: Path) -> None:
+def test_legacy_checkout_is_trusted_as_exactly_that_path(host: Host, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root to give the clone to another uid")
+        pytest.skip("needs root to give the checkout to another uid")
     clones = []
     for name in ("other-clone", "second-clone"):
         clone = tmp_path / name
-        subprocess.run(["cp", "-a", str(host.repo), str(clone)], check=True)
+        subprocess.run(["cp", "-a", str(host.origin), str(clone)], check=True)
         for root, dirs, files in os.walk(clone):
             for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
                 os.lchown(path, 65534, 65534)
@@ -201,16 +161,18 @@ def test_git_trusts_exactly_the_clone_owned_by_another_user(host: Host, tmp_path
 
     refused = head(other, plain)
     assert refused.returncode != 0 and "dubious ownership" in refused.stderr
-    assert head(other, privileged.git_env(other, plain)).stdout.strip() == host.commit
-    assert head(second, privileged.git_env(other, plain)).returncode != 0  # only that one path
+    assert head(other, source.LegacySource(other, plain).env).stdout.strip() == host.commit
+    assert head(second, source.LegacySource(other, plain).env).returncode != 0  # only that one path
 
 
-def test_commit_not_in_the_clone_is_rejected(host: Host) -> None:
-    host.write(host.good(commit="0" * 40))
-    assert host.run() == 1
-    result = host.result()
-    assert result["exit_code"] == 2 and str(result["error"]).startswith(f"commit: {'0' * 40} is not a commit")
-    assert host.shim_calls() == []
+def test_legacy_mode_builds_the_checkouts_commit(host: Host) -> None:
+    argv = host.argv()
+    at = argv.index("--repo-url")
+    argv[at:at + 2] = ["--legacy-repo", str(host.agent_clone)]
+    host.write(host.good())
+    os.environ.update(SHIM_CALLS=str(host.calls), SHIM_EXIT="0")
+    assert root_main.main(argv) == 0
+    assert host.builds() == [f"switch --flake git+file://{host.agent_clone}?rev={host.commit}#web1"]
 
 
 @pytest.mark.parametrize("attr", ["", "web1#other", "a b", "web1?rev=x", "x" * 64, None])
@@ -221,14 +183,21 @@ def test_bad_flake_attr_is_rejected(host: Host, attr: object) -> None:
     assert host.shim_calls() == []
 
 
+def test_another_hosts_configuration_is_refused(host: Host) -> None:
+    """Published does not mean meant for this machine: root builds only its own attribute."""
+    host.write(host.good(flake_attr="db1"))
+    assert host.run() == 2
+    assert host.result()["error"] == "flake_attr: db1 is not this host's configuration (web1)"
+    assert host.shim_calls() == []
+
+
 def test_refresh_turns_off_the_negative_cache_for_builds_only(host: Host) -> None:
     host.write(host.good(refresh=True))
     assert host.run() == 0
-    flake = f"git+file://{host.repo}?rev={host.commit}#web1"
-    assert host.shim_calls() == [f"switch --flake {flake} --option narinfo-cache-negative-ttl 0"]
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)} --option narinfo-cache-negative-ttl 0"]
     host.write({"id": "r2", "action": "rollback", "commit": "", "flake_attr": "", "refresh": True})
     assert host.run() == 0
-    assert host.shim_calls()[-1] == "switch --rollback"
+    assert host.builds()[-1] == "switch --rollback"
 
 
 @pytest.mark.parametrize("refresh", ["true", 1, None, "--option sandbox false"])
@@ -263,7 +232,7 @@ def test_replayed_id_does_not_overwrite_the_first_result(host: Host) -> None:
     assert host.run() == 2
     assert host.result() == first
     assert host.rejected()["error"] == "id: 20261121T235959Z-1a2b was already used"
-    assert host.shim_calls() == [f"switch --flake git+file://{host.repo}?rev={host.commit}#web1"]
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]
 
 
 def test_symlinked_request_is_neither_followed_nor_its_target_removed(host: Host, tmp_path: Path) -> None:
@@ -286,6 +255,19 @@ def test_symlinked_request_directory_is_refused(host: Host, tmp_path: Path) -> N
     assert host.run() == 2
     assert "is not a plain directory" in str(host.rejected()["error"])
     assert (elsewhere / "request.json").exists()  # root removed nothing through the link
+    assert not host.request_dir.is_symlink() and not host.request_dir.exists()  # the link is gone: no re-trigger
+    assert host.shim_calls() == []
+
+
+def test_directory_request_is_moved_out_of_the_watched_path(host: Host) -> None:
+    host.request.mkdir()
+    (host.request / "inner").write_text("x")
+    assert host.run() == 2
+    error = str(host.rejected()["error"])
+    assert "is a directory, not a file; moved it aside to .request.json.refused-" in error, error
+    assert not host.request.exists()  # PathExists= no longer holds: the path unit does not fire again
+    (aside,) = [p for p in host.request_dir.iterdir() if p.name.startswith(".request.json.refused-")]
+    assert (aside / "inner").read_text() == "x"  # renamed, never walked
     assert host.shim_calls() == []
 
 
@@ -340,9 +322,7 @@ def test_no_request_is_nothing_to_do(host: Host) -> None:
 def test_console_entry_point_runs_as_a_program(host: Host) -> None:
     host.write(host.good())
     env = dict(os.environ, SHIM_CALLS=str(host.calls), SHIM_EXIT="0")
-    proc = subprocess.run([sys.executable, "-m", "nixfleet_agent.privileged", "--request", str(host.request),
-                           "--repo", str(host.repo), "--out-dir", str(host.out),
-                           "--nixos-rebuild", str(host.bin / "nixos-rebuild")],
+    proc = subprocess.run([sys.executable, "-m", "nixfleet_agent.root", *host.argv()],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "component=privileged event=finished" in proc.stderr and "exit_code=0" in proc.stderr
@@ -350,4 +330,40 @@ def test_console_entry_point_runs_as_a_program(host: Host) -> None:
 
 
 def test_relative_paths_are_refused(host: Host) -> None:
-    assert privileged.main(["--request", "request.json", "--repo", str(host.repo), "--out-dir", str(host.out)]) == 2
+    assert root_main.main(["--request", "request.json", "--repo-url", str(host.origin),
+                           "--out-dir", str(host.out)]) == 2
+
+
+def test_what_to_fetch_and_build_comes_from_the_modules_config_file(host: Host, tmp_path: Path) -> None:
+    """On NixOS root reads repo_url, branch and hostname from the agent's TOML as the module
+    rendered it (the store), so root and agent cannot disagree; the file must be root's alone."""
+    config = tmp_path / "nixfleet-agent.toml"
+    config.write_text(f'repo_url = "{host.origin}"\nbranch = "main"\nhostname = "web1"\nagent_input = "nixfleet"\n')
+    config.chmod(0o644)
+    argv = ["--config", str(config), "--request", str(host.request), "--out-dir", str(host.out),
+            "--state-dir", str(host.root_dir), "--nixos-rebuild", str(host.bin / "nixos-rebuild")]
+    os.environ.update(SHIM_CALLS=str(host.calls), SHIM_EXIT="0")
+    host.write(host.good(id="a"))
+    assert root_main.main(argv) == 0
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]
+    host.write(host.good(id="b", flake_attr="db1"))
+    assert root_main.main(argv) == 2  # hostname from the file pins the attribute
+    config.chmod(0o664)
+    host.write(host.good(id="c"))
+    assert root_main.main(argv) == 2
+    assert not host.request.exists()  # consumed all the same: no re-trigger loop on a bad config
+    assert host.rejected() == {"id": "c", "exit_code": 2, "finished_at": host.rejected()["finished_at"],
+                               "error": f"config: {config} must be owned by root and writable by nobody else"}
+    assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]  # still only the first
+
+
+def test_an_unusable_deploy_key_is_reported_and_the_request_consumed(host: Host, tmp_path: Path) -> None:
+    key = tmp_path / "deploy-key"
+    key.write_text("not really a key\n")
+    key.chmod(0o644)
+    host.extra = ["--ssh-key", str(key)]
+    host.write(host.good())
+    assert host.run() == 2
+    assert not host.request.exists()
+    assert str(host.rejected()["error"]).startswith(f"config: ssh_key_file: {key} has mode 0644")
+    assert host.shim_calls() == []

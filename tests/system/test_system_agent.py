@@ -1,7 +1,9 @@
 """The agent under a real systemd, in the units the NixOS module renders (tests/golden/, store
 paths adapted): it starts, registers and heartbeats as an unprivileged dynamic user; its token
 comes only through the credential; systemd restarts it after a crash; a switch goes through the
-root path unit and survives the agent being stopped; the root side refuses bad requests."""
+root path unit and survives the agent being stopped; the root side refuses bad requests, builds
+only commits the fleet published (from its own clone), keeps build logs from other users, and
+clears whatever is not a request from the watched path without a re-trigger loop."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from systier import agenthost, agentwheel, gitserver, units
 from systier.agenthost import (
     AGENT_UNIT,
     PATH_UNIT,
-    PRIV_DIR,
     PRIV_UNIT,
+    RESULTS_DIR,
+    ROOT_CLONE,
     STATE_DIR,
     AgentHost,
 )
@@ -198,14 +201,22 @@ def test_switch_goes_through_the_privileged_unit(
     shim = [line for line in lines if line.startswith("nixos-rebuild-shim uid=")]
     assert shim, f"the shim's output never reached the dashboard: {lines}"
     assert shim[0].startswith("nixos-rebuild-shim uid=0 args=switch "), shim[0]
-    assert f"?rev={commit}#{HOST}" in shim[0], shim[0]
+    assert f"?ref=main&rev={commit}#{HOST}" in shim[0], shim[0]
     assert "nixos-rebuild-shim step 2/2" in lines, "streamed output lost"
     # the dashboard completes a switch on a new registration; the package did not change, so
     # the agent re-registers without restarting
     dash.wait_message("register", HOST, since=since, timeout=30)
     assert agent_pid(box) == pid
-    results = box.run("sh", "-c", f"ls {PRIV_DIR}/*/result.json").stdout.split()
+    results = box.run("sh", "-c", f"ls {RESULTS_DIR}/*/result.json").stdout.split()
     assert results, "the root unit wrote no result.json"
+    # built from root's own clone, and the log is the agent's alone (not 0644 any more)
+    assert f"git+file://{ROOT_CLONE}?" in shim[0], shim[0]
+    uid = status_field(box, pid, "Uid").split()[0]
+    log = results[-1].replace("result.json", "output.log")
+    assert box.run("stat", "-c", "%a %u", log).stdout.split() == ["600", uid]
+    assert box.run("stat", "-c", "%a %u", RESULTS_DIR).stdout.split() == ["711", "0"]
+    nobody = box.run("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", log, check=False)
+    assert nobody.returncode != 0, "another user can read the build log"
 
 
 def test_switch_that_changes_the_agent_restarts_it(
@@ -285,12 +296,87 @@ def test_root_side_refuses_bad_requests(host: AgentHost, request_body: dict[str,
     # written as the agent would: a file of its user, renamed into place
     box.run("sh", "-ec", f"cd {STATE_DIR}/privileged; cat > .tmp; chown {uid}:{uid} .tmp; mv .tmp request.json",
             input=body)
-    result_path = f"{PRIV_DIR}/{request_id}/result.json"
+    result_path = f"{RESULTS_DIR}/{request_id}/result.json"
     wait_for(lambda: box.run("test", "-e", result_path, check=False).returncode == 0, 30,
              f"the root side to answer {request_id}", detail=lambda: box.journal(PRIV_UNIT))
     result = json.loads(box.read_file(result_path))
     assert result["exit_code"] == 2, result
     assert culprit in result["error"], result
-    log = box.run("cat", f"{PRIV_DIR}/{request_id}/output.log", check=False).stdout
+    log = box.run("cat", f"{RESULTS_DIR}/{request_id}/output.log", check=False).stdout
     assert "nixos-rebuild-shim" not in log, "a refused request ran nixos-rebuild"
     assert box.run("test", "-e", f"{STATE_DIR}/privileged/request.json", check=False).returncode != 0
+
+
+def as_agent(box: Container, uid: str, script: str, owned: str) -> None:
+    """What a compromised agent can do in its state dir: run ``script`` (as root: the agent's own
+    uid cannot pass /var/lib/private from outside its unit), then give ``owned`` to the agent, so
+    the result is what the agent itself could have made."""
+    box.run("env", "HOME=/tmp", "GIT_AUTHOR_NAME=evil", "GIT_AUTHOR_EMAIL=evil@example.test",
+            "GIT_COMMITTER_NAME=evil", "GIT_COMMITTER_EMAIL=evil@example.test", "sh", "-ec",
+            f"{script}; chown -hR {uid}:{uid} {owned}")
+
+
+def test_a_commit_the_agent_authored_is_refused_end_to_end(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
+    """Issue 11, end to end: the agent's uid commits a root SSH key into its own clone; the
+    switch it then asks for is refused by root, with root's reason on the dashboard."""
+    box = host.box
+    set_rebuild(box, 0)
+    uid = status_field(box, agent_pid(box), "Uid").split()[0]
+    clone = f"{STATE_DIR}/repo"
+    git = f"git -c safe.directory={clone} -c core.hooksPath=/dev/null"
+    box.write_file(f"{clone}/root-key.nix", '{ users.users.root.openssh.authorizedKeys.keys = [ "x" ]; }\n')
+    as_agent(box, uid, f"cd {clone}; {git} add root-key.nix; {git} commit -q -m 'let me in'", clone)
+    evil = box.run("git", "-c", f"safe.directory={clone}", "-C", clone, "rev-parse", "HEAD").stdout.strip()
+    assert evil != fleet[0].head()
+    since = dash.mark()
+    dash.send_command(HOST, "switch")
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "switch").payload
+    assert status["exit_code"] == 2, status
+    assert str(status["message"]).startswith(f"published: commit {evil} is not in main of "), status
+    assert not [line for line in shim_lines(dash, since) if line.startswith("nixos-rebuild-shim")]
+    # the agent stays usable: a pull-switch resets its clone and switches the published head
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["exit_code"] == 0, status
+    dash.wait_message("register", HOST, since=since, timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["directory-request", "symlinked-request", "symlinked-privileged-dir"])
+def test_what_is_not_a_request_leaves_the_watched_path_without_a_trigger_loop(host: AgentHost, kind: str) -> None:
+    """The path unit fires while PathExists= holds. Root used to refuse a directory request.json
+    and leave it there, so systemd started it again and again until the trigger limit failed the
+    path unit (and with it every later switch). Now the thing is moved aside or unlinked once."""
+    box = host.box
+    assert box.show(PATH_UNIT, "ActiveState") == "active"
+    uid = status_field(box, agent_pid(box), "Uid").split()[0]
+    runs_before = box.run("journalctl", "--no-pager", "-o", "cat", "-u", PRIV_UNIT).stdout.count("event=rejected")
+    privileged = f"{STATE_DIR}/privileged"
+    if kind == "directory-request":
+        as_agent(box, uid, f"mkdir -p -m 0700 {privileged}; mkdir -m 0700 {privileged}/request.json", privileged)
+    elif kind == "symlinked-request":
+        as_agent(box, uid, f"mkdir -p -m 0700 {privileged}; ln -s /etc/shadow {privileged}/.link; "
+                           f"chown -h {uid}:{uid} {privileged}/.link; mv {privileged}/.link {privileged}/request.json",
+                 privileged)
+    else:
+        as_agent(box, uid, f"rm -rf {privileged} /tmp/elsewhere; mkdir /tmp/elsewhere; echo '{{}}' > "
+                           f"/tmp/elsewhere/request.json; ln -s /tmp/elsewhere {privileged}", privileged)
+    watched = f"{privileged}/request.json"
+    wait_for(lambda: box.run("test", "-e", watched, check=False).returncode != 0
+             and box.show(PRIV_UNIT, "ActiveState") in ("inactive", "failed"), 30,
+             f"the root unit to clear {watched}", detail=lambda: box.journal(PRIV_UNIT))
+    assert box.show(PATH_UNIT, "ActiveState") == "active", box.systemctl("status", PATH_UNIT, check=False).stdout
+    assert box.show(PATH_UNIT, "Result") == "success"  # not trigger-limit-hit
+    runs = box.run("journalctl", "--no-pager", "-o", "cat", "-u", PRIV_UNIT).stdout.count("event=rejected")
+    assert runs == runs_before + 1, f"the root unit ran {runs - runs_before} times for one {kind}"
+    rejected = json.loads(box.read_file(f"{RESULTS_DIR}/rejected.json"))
+    assert rejected["exit_code"] == 2 and rejected["error"].startswith("request: "), rejected
+    assert box.run("test", "-e", "/etc/shadow").returncode == 0  # the link's target untouched
+    if kind == "symlinked-privileged-dir":
+        assert box.run("test", "-L", privileged, check=False).returncode != 0  # the link is gone
+        assert box.run("test", "-e", "/tmp/elsewhere/request.json").returncode == 0  # nothing removed through it
+        as_agent(box, uid, f"mkdir -m 0700 {privileged}", privileged)  # as the agent's next request would

@@ -22,9 +22,8 @@ import os
 import re
 from pathlib import Path
 
-from .. import flakeupdate, operations
+from .. import flakeupdate, nix, operations
 from .. import log as logmod
-from ..privileged import NO_NEGATIVE_CACHE
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
@@ -46,9 +45,8 @@ def _base(job: Job) -> list[str]:
     return argv
 
 
-def switch_argv(job: Job, extra: tuple[str, ...] = ()) -> list[str]:
-    cfg = job.ctx.cfg
-    return [*_base(job), "switch", "--flake", f"{job.repo_path}#{cfg.hostname}", *extra]
+def switch_argv(job: Job, refresh: bool = False) -> list[str]:
+    return nix.rebuild(_base(job), "switch", f"{job.repo_path}#{job.ctx.cfg.hostname}", refresh=refresh)
 
 
 def hm_profiles_dir() -> Path:
@@ -133,26 +131,25 @@ def force_update(job: Job) -> None:
                 "nixfleet-agent)")
         job.status("error", 1, f"no flake input {agent_input}")
         return
-    res = job.run(flakeupdate.nix_update_argv((agent_input,)), job.repo_env(), cwd)
+    if privileged_switch(job.ctx.cfg):
+        # Root builds only published commits, never one this agent authored: it refreshes the lock
+        # itself, in a throwaway work tree of the pulled commit once it has verified that commit.
+        job.say(f"   root refreshes {agent_input} in flake.lock of {repo.head()[:7] if repo else '?'} and builds that")
+        job.say("━━━ Step 3/3: Rebuild ━━━")
+        _switch(job, refresh=True, update_lock=True)
+        return
+    res = job.run(nix.flake_update((agent_input,)), job.repo_env(), cwd)
     if not res.ok:
         if not job.stopped_status(res):
             job.status("error", res.exit_code or 1, "nix flake update failed")
         return
-    if privileged_switch(job.ctx.cfg) and repo is not None:
-        # root builds a commit of the clone, never its work tree: the new lock must be in one
-        committed = flakeupdate.commit_lock_locally(repo)
-        if committed.exit_code != 0:
-            job.err(f"❌ {committed.message}")
-            job.status("error", 1, committed.message)
-            return
-        job.say(committed.message)
     job.say("━━━ Step 3/3: Rebuild ━━━")
-    _switch(job, NO_NEGATIVE_CACHE)
+    _switch(job, refresh=True)
 
 
 def force_rebuild(job: Job) -> None:
     job.say("━━━ Rebuild (narinfo-cache-negative-ttl 0) ━━━")
-    _switch(job, NO_NEGATIVE_CACHE)
+    _switch(job, refresh=True)
 
 
 def rollback(job: Job) -> None:
@@ -171,7 +168,7 @@ def rollback(job: Job) -> None:
         job.say(f"   Activating generation {prev} (current {current})")
         argv = [str(profiles / f"home-manager-{prev}-link" / "activate")]
     else:
-        argv = [*_base(job), "switch", "--rollback"]
+        argv = nix.rollback(_base(job))
     job.ctx.status.set("system", "working", "Rollback in progress...")
     op = _new_operation(job, "rollback", argv)
     result = launch_and_follow(job, op)
@@ -179,7 +176,7 @@ def rollback(job: Job) -> None:
         finish_operation(job, op, result)
 
 
-def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
+def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
     repo = job.ctx.repo
     if repo is None or not (repo.path / "flake.nix").exists():
         why = (repo.last_error if repo is not None and repo.last_error else
@@ -191,7 +188,7 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
     # the privileged root unit builds its own argv: it adds the same --option when asked to refresh
-    op = _new_operation(job, "switch", switch_argv(job, extra), refresh=bool(extra))
+    op = _new_operation(job, "switch", switch_argv(job, refresh), refresh=refresh, update_lock=update_lock)
     job.say(f"$ {' '.join(op.argv)}" if op.launcher == "detached" else
             f"requesting privileged switch of {op.commit[:7]} for {op.flake_attr}")
     result = launch_and_follow(job, op)
@@ -202,7 +199,8 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
 # ----- operations ----------------------------------------------------------------------------------
 
 
-def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False) -> operations.Operation:
+def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False,
+                   update_lock: bool = False) -> operations.Operation:
     cfg = job.ctx.cfg
     # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
     launcher = "privileged" if privileged_switch(cfg) else "detached"
@@ -216,7 +214,7 @@ def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False
         commit=commit,
         pre_generation=commit[:7],
         pre_system=_pre_system(cfg.platform), agent_before=agentpkg.fingerprint(cfg.platform),
-        flake_attr=cfg.hostname, refresh=refresh,
+        flake_attr=cfg.hostname, refresh=refresh, update_lock=update_lock,
     )
 
 

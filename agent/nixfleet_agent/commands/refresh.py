@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .. import buildinfo
-from ..flakeupdate import NIX_FLAGS
+from .. import buildinfo, nix
 from . import Job, agentpkg
 from .rebuild import current_link
 
@@ -66,8 +65,7 @@ def system_verdict(job: Job) -> tuple[str, str]:
         return "error", f"Cannot read current system: {exc.strerror or exc}"
     cap = Capture()
     env = job.repo_env()
-    res = job.run(["nix", "build", *NIX_FLAGS, "--dry-run", "--json",
-                   f"{repo}#{attr}"], env, repo, timeout=SYSTEM_TIMEOUT, sink=cap)
+    res = job.run(nix.dry_build(f"{repo}#{attr}"), env, repo, timeout=SYSTEM_TIMEOUT, sink=cap)
     if not res.ok:
         first = next((line for line in cap.lines if line.strip()), res.describe())
         return "unknown", f"Evaluation failed: {first}"

@@ -16,6 +16,8 @@
 import <nix-harness/lib/nixos.nix> { } {
   system = "x86_64-linux";
   extraPkgs = import ./stub-overrides.nix;
+  # gpg for the root unit when OpenPGP signers are configured
+  extraNames = [ "gnupg" ];
   modules = [
     ../../../modules/nixos.nix
     ./nixos-host.nix

@@ -19,6 +19,8 @@ PRIV_UNIT = "nixfleet-agent-privileged.service"
 PATH_UNIT = "nixfleet-agent-privileged.path"
 STATE_DIR = "/var/lib/private/nixfleet-agent"
 PRIV_DIR = "/var/lib/nixfleet-agent-privileged"
+RESULTS_DIR = f"{PRIV_DIR}/results"  # what the agent reads (privileged_dir)
+ROOT_CLONE = f"{PRIV_DIR}/root/repo"  # root's own clone of the fleet repository
 HOSTNAME = "systier"
 
 
@@ -38,7 +40,7 @@ def config_for(golden_dir: Path, url: str, repo_url: str) -> str:
     golden = golden_dir / "nixfleet-agent.toml"
     data: dict[str, object] = tomllib.loads(golden.read_text()) if golden.is_file() else {
         "switch_launcher": "privileged",
-        "privileged_dir": PRIV_DIR,
+        "privileged_dir": RESULTS_DIR,
     }
     data.update({"url": url, "repo_url": repo_url, "hostname": HOSTNAME, "interval": 1, "log_level": "debug"})
     return toml_dumps(data)

@@ -1,0 +1,53 @@
+"""Every ``nix`` and ``*-rebuild`` command line the agent and its root side run, built here once.
+
+Why one module: the same rule (which experimental features, how the negative narinfo cache is
+bypassed, how a flake reference names exactly one commit) used to be spelled in four places, and a
+fix in one of them did not reach the others. Callers add only their program path (``nixos-rebuild``
+may be the NixOS module's store path) and run the argv; nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+NIX_FLAGS = ("--extra-experimental-features", "nix-command flakes")
+NIX = ("nix", *NIX_FLAGS)
+# force-update/force-rebuild: a substitute that was missing a minute ago may be there now
+NO_NEGATIVE_CACHE = ("--option", "narinfo-cache-negative-ttl", "0")
+
+
+def flake_update(inputs: Sequence[str] = (), *, nix: str = "nix", refresh: bool = False) -> list[str]:
+    """All inputs, or only the named ones. ``nix flake lock --update-input`` is the form every Nix
+    from 2.4 on accepts (newer ones also spell it ``nix flake update <input>``)."""
+    extra = list(NO_NEGATIVE_CACHE) if refresh else []
+    if not inputs:
+        return [nix, *NIX_FLAGS, "flake", "update", *extra]
+    argv = [nix, *NIX_FLAGS, "flake", "lock"]
+    for name in inputs:
+        argv += ["--update-input", name]
+    return [*argv, *extra]
+
+
+def dry_build(installable: str, *, nix: str = "nix") -> list[str]:
+    """What ``installable`` would build, as JSON: the system-freshness check compares its output path."""
+    return [nix, "build", *NIX_FLAGS, "--dry-run", "--json", installable]
+
+
+def git_flake(repo: Path | str, rev: str, attr: str, ref: str = "") -> str:
+    """Exactly commit ``rev`` of ``repo`` (never its work tree), output ``attr``. ``ref`` names the
+    branch ``rev`` is on: Nix's git fetcher looks for the commit on that ref (default: HEAD's)."""
+    query = f"ref={ref}&rev={rev}" if ref else f"rev={rev}"
+    return f"git+file://{repo}?{query}#{attr}"
+
+
+def rebuild(program: Sequence[str], action: str, flake: str, *, refresh: bool = False) -> list[str]:
+    """``nixos-rebuild``/``darwin-rebuild``/``home-manager`` ``<action> --flake <flake>``.
+
+    ``program`` is the program with any prefix (``sudo -n``) the caller decided on."""
+    return [*program, action, "--flake", flake, *(NO_NEGATIVE_CACHE if refresh else ())]
+
+
+def rollback(program: Sequence[str]) -> list[str]:
+    """Back to the previous system generation (NixOS, nix-darwin)."""
+    return [*program, "switch", "--rollback"]

@@ -1,0 +1,333 @@
+"""``nixfleet-agent-privileged``: run one request of the agent as root (started by the path unit).
+
+The order of trust, for a build (``switch``):
+
+1. the request file alone (``request``): allowlisted action, a 40-hex commit, this host's flake
+   attribute (root's ``--flake-attr``, not the agent's choice);
+2. root's own clone (``source``): fetched from ``--repo-url`` now; the commit must be on the branch;
+3. with signers configured (``verify``): the commit's signature, and no step back behind the last
+   commit root deployed;
+4. ``update_lock`` (force-update): root's own lock refresh of that commit (``lockrefresh``);
+5. ``nixos-rebuild <action> --flake git+file://<root clone>?ref=<branch>&rev=<commit>#<attr>``.
+
+A refusal at any step is written to the request's ``result.json`` as ``"<rule>: <why>"`` (exit
+code 2), which the agent reports as the command's error. Rollback and reboot build nothing.
+Results are for the requesting uid only (``results``) and pruned to the newest ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .. import gitenv, log, nix
+from . import lockrefresh, results, source, verify
+from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
+
+_log = log.get("privileged")
+_BRANCH = re.compile(r"[A-Za-z0-9._/-]{1,200}")
+
+
+@dataclass
+class Settings:
+    out_dir: Path
+    state_dir: Path
+    nixos_rebuild: str = "nixos-rebuild"
+    systemctl: str = "systemctl"
+    nix: str = "nix"
+    flake_attr: str = ""
+    agent_input: str = "nixfleet"
+    keep: int = results.KEEP
+    policy: verify.Policy = verify.Policy()
+
+
+class Handler:
+    """Runs one request: owns the output layout, the checks and the child processes."""
+
+    def __init__(self, settings: Settings, src: source.RootClone | source.LegacySource,
+                 env: Mapping[str, str]) -> None:
+        self.s = settings
+        self.src = src
+        self.env = dict(env)  # for nixos-rebuild and nix: the same git hygiene as root's own git
+        self.results = results.Results(settings.out_dir, settings.keep)
+        self.deployed = verify.Deployed(settings.state_dir / "deployed.json")
+
+    def reject(self, err: RequestError, owner: int) -> int:
+        _log.warn("rejected", id=err.request_id, field=err.field, error=str(err))
+        op_dir = self.results.new_dir(err.request_id) if err.request_id else None
+        doc: dict[str, object] = {"exit_code": REJECTED_EXIT, "error": str(err), "finished_at": results.now()}
+        if op_dir is None:
+            if err.request_id:
+                doc["id"] = err.request_id
+            self.results.ensure()
+            self.results.write_json(self.s.out_dir, "rejected.json", doc, owner)
+            return REJECTED_EXIT
+        with self.results.open_log(op_dir, owner) as out:
+            out.write(f"nixfleet-agent-privileged: request rejected: {err}\n".encode())
+        self.results.write_json(op_dir, "result.json", {"id": err.request_id, "action": err.action, **doc}, owner)
+        self.results.prune(op_dir.name)
+        return REJECTED_EXIT
+
+    def run(self, req: Request) -> int:
+        if self.s.flake_attr and req.flake_attr and req.flake_attr != self.s.flake_attr:
+            return self.reject(RequestError("flake_attr", f"{req.flake_attr} is not this host's configuration "
+                                            f"({self.s.flake_attr})", req.id, req.action), req.owner)
+        op_dir = self.results.new_dir(req.id)
+        if op_dir is None:
+            self.results.write_json(self.s.out_dir, "rejected.json", {
+                "id": req.id, "exit_code": REJECTED_EXIT, "finished_at": results.now(),
+                "error": f"id: {req.id} was already used"}, req.owner)
+            _log.warn("rejected", id=req.id, field="id", error="already used")
+            return REJECTED_EXIT
+        with self.results.open_log(op_dir, req.owner) as out:
+            try:
+                exit_code, error = self._execute(req, out)
+            except source.Refusal as refusal:
+                exit_code, error = REJECTED_EXIT, str(refusal)
+                out.write(f"nixfleet-agent-privileged: refused: {refusal}\n".encode())
+                _log.warn("refused", id=req.id, rule=refusal.rule, commit=req.commit, error=error)
+        doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
+                                  "finished_at": results.now()}
+        if error:
+            doc["error"] = error
+        self.results.write_json(op_dir, "result.json", doc, req.owner)
+        self.results.prune(req.id)
+        _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
+        return 0 if exit_code == 0 else 1
+
+    def _execute(self, req: Request, out: BinaryIO) -> tuple[int, str]:
+        def stream(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> int:
+            return self._spawn(argv, env, out, cwd)[0]
+
+        if req.action == "rollback":
+            return self._run(nix.rollback([self.s.nixos_rebuild]), out)
+        if req.action not in BUILD_ACTIONS:
+            return self._run([self.s.systemctl, "reboot"], out)
+        self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.src.prepare(req.commit, stream)
+        if self.s.policy.enabled:
+            signer = verify.check_signature(self.src.path, self.src.env, req.commit, self.s.policy,
+                                            self.s.state_dir / "work")
+            out.write(f"nixfleet-agent-privileged: {req.commit} is signed by {signer}\n".encode())
+            verify.check_not_backwards(self.src, req.commit, self.deployed.commit())
+        build, ref = req.commit, ""
+        if req.update_lock:
+            if not isinstance(self.src, source.RootClone):
+                raise source.Refusal("update_lock", "root refreshes a lock only in its own clone (repoUrl), "
+                                                    "not in a legacy configRepo checkout")
+            build, ref = lockrefresh.refresh(self.src, req.commit, self.s.agent_input,
+                                             self.s.state_dir / "work" / req.id, stream, nix_program=self.s.nix,
+                                             host=socket.gethostname(), env=self.env)
+            what = "lock refreshed by root" if build != req.commit else "lock unchanged"
+            out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
+        flake = self.src.flake_ref(build, req.flake_attr, ref)
+        code, error = self._run(nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh), out)
+        if code == 0:
+            self.deployed.record(req.commit, build, req.action, results.now())
+        return code, error
+
+    def _run(self, argv: list[str], out: BinaryIO) -> tuple[int, str]:
+        _log.info("starting", argv=" ".join(argv))
+        out.write(f"nixfleet-agent-privileged: running {' '.join(argv)}\n".encode())
+        return self._spawn(argv, self.env, out)
+
+    def _spawn(self, argv: Sequence[str], env: Mapping[str, str], out: BinaryIO,
+               cwd: Path | None = None) -> tuple[int, str]:
+        """Run with output going straight to the log file: streamed, nothing buffered here."""
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=dict(env), cwd=str(cwd or "/"), start_new_session=True)
+        except OSError as exc:
+            message = f"cannot start {argv[0]}: {exc.strerror or exc}"
+            out.write(f"nixfleet-agent-privileged: {message}\n".encode())
+            return 127, message
+        code = proc.wait()
+        return (128 - code, "") if code < 0 else (code, "")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nixfleet-agent-privileged",
+        description="Run one privileged switch request of the NixFleet agent (started by "
+                    "nixfleet-agent-privileged.path as root).")
+    add = parser.add_argument
+    add("--request", type=Path, required=True, help="request file the agent writes (the only path of the agent's "
+                                                      "root opens)")
+    add("--out-dir", type=Path, required=True, help="root-owned directory for results")
+    add("--state-dir", type=Path, help="root's private state: its clone, the last deployed commit "
+                                       "(default: <out-dir>/../root)")
+    add("--config", type=Path, help="the agent's TOML file as the NixOS module rendered it (root-owned): "
+                                    "repo_url, branch, hostname, agent_input, known_hosts_file, config_repo "
+                                    "for every option below not given")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--repo-url", help="the fleet repository root fetches itself (repoUrl)")
+    where.add_argument("--legacy-repo", type=Path, help="deprecated configRepo checkout, trusted as its owner")
+    add("--branch", help="branch of --repo-url that is published (default main)")
+    add("--flake-attr", help="the only flake attribute this host may build (its hostname)")
+    add("--ssh-key", type=Path, help="deploy key (default: $CREDENTIALS_DIRECTORY/ssh-key when present)")
+    add("--known-hosts", type=Path, help="pinned known_hosts for the repository host (strict); default: "
+                                         "accept-new into <state-dir>/known_hosts")
+    add("--allowed-signers", type=Path, help="SSH allowed signers file: require commits signed by them")
+    add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
+    add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
+    add("--keep", type=int, default=results.KEEP, help="request directories kept")
+    add("--nixos-rebuild", default="nixos-rebuild", help="nixos-rebuild executable")
+    add("--systemctl", default="systemctl", help="systemctl executable (reboot)")
+    add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
+    add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
+    add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
+    add("--log-level", default="info", choices=sorted(log.LEVELS))
+    return parser
+
+
+def _bad(option: str, error: str) -> int:
+    _log.error("bad-argument", option=option, error=error)
+    return REJECTED_EXIT
+
+
+# TOML key -> option, for --config; the module renders these from the same options the agent uses
+_FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
+                "agent_input": "agent_input", "known_hosts_file": "known_hosts"}
+_DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": "nixfleet"}
+
+
+def _apply_config(args: argparse.Namespace) -> str | None:
+    """Fill options not given from the agent's rendered TOML; an error text when it is unusable.
+
+    The file must be root's and writable by nobody else: it decides what root fetches and builds,
+    so it may come from the store or /etc, never from a place the agent can write."""
+    if args.config is not None:
+        try:
+            info = os.stat(args.config)
+            if info.st_uid != 0 and info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                return f"{args.config} must be owned by root and writable by nobody else"
+            with open(args.config, "rb") as handle:
+                doc = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            return f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}"
+        if args.repo_url is None and args.legacy_repo is None:
+            if doc.get("repo_url"):
+                args.repo_url = str(doc["repo_url"])
+            elif doc.get("config_repo"):
+                args.legacy_repo = Path(str(doc["config_repo"]))
+        for key, name in _FROM_CONFIG.items():
+            if key in ("repo_url", "config_repo") or getattr(args, name) is not None or not doc.get(key):
+                continue
+            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else str(doc[key]))
+    for name, value in _DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.repo_url is None and args.legacy_repo is None:
+        return "neither --repo-url nor --legacy-repo given (nor repo_url/config_repo in --config)"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log.setup(args.log_level)
+    os.umask(0o077)
+    problem = _apply_config(args)
+    if problem:
+        return _unconfigured(args, problem)
+    paths = ("request", "out_dir", "state_dir", "legacy_repo", "ssh_key", "known_hosts", "allowed_signers",
+             "openpgp_keys", "config")
+    for name in paths:
+        value = getattr(args, name)
+        if value is not None and not value.is_absolute():
+            return _bad(name.replace("_", "-"), "must be an absolute path")
+    if not _BRANCH.fullmatch(args.branch) or args.branch.startswith(("-", "/")) or ".." in args.branch:
+        return _bad("branch", f"not a branch name: {args.branch!r}")
+    state_dir = args.state_dir or args.out_dir.parent / "root"
+    for name in ("allowed_signers", "openpgp_keys", "known_hosts"):
+        value = getattr(args, name)
+        if value is not None and not value.is_file():
+            return _bad(name.replace("_", "-"), f"{value} does not exist")
+    settings = Settings(out_dir=args.out_dir, state_dir=state_dir, nixos_rebuild=args.nixos_rebuild,
+                        systemctl=args.systemctl, nix=args.nix, flake_attr=args.flake_attr,
+                        agent_input=args.agent_input, keep=args.keep,
+                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
+    try:
+        src = _source(args, state_dir)
+    except gitenv.KeyFileError as exc:
+        return _unconfigured(args, str(exc))
+    handler = Handler(settings, src, src.env)
+    owner = _owner_of(args.request)  # before reading: reading removes a linked privileged/
+    try:
+        try:
+            got = read_request(args.request)
+            if got is None:
+                _log.info("no-request", path=str(args.request))
+                return 0
+            data, owner = got
+            req = parse_request(data).by(owner)
+        except RequestError as err:
+            return handler.reject(err, owner)
+        return handler.run(req)
+    except OSError as exc:  # e.g. the output directory is not writable: say so, no traceback
+        _log.error("failed", error=f"{exc.filename or ''}: {exc.strerror or exc}")
+        return 1
+
+
+def _source(args: argparse.Namespace, state_dir: Path) -> source.RootClone | source.LegacySource:
+    if args.legacy_repo is not None:
+        return source.LegacySource(args.legacy_repo, os.environ)
+    key = args.ssh_key
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if key is None and creds and Path(creds, "ssh-key").is_file():
+        key = Path(creds, "ssh-key")
+    if key is not None:
+        gitenv.check_key_file(key)
+    known = args.known_hosts or state_dir / "known_hosts"
+    ssh = gitenv.ssh_command(key, known, args.known_hosts is not None, 30)
+    env = source.git_env(os.environ, ssh=ssh)
+    return source.RootClone(state_dir / "repo", args.repo_url, args.branch, env)
+
+
+def _unconfigured(args: argparse.Namespace, problem: str) -> int:
+    """Root cannot work out what to build: say so to the log and to the agent, and still consume
+    the request, so the path unit does not start us again and again for it."""
+    _log.error("bad-argument", option="config", error=problem)
+    if not (args.request.is_absolute() and args.out_dir.is_absolute()):
+        return REJECTED_EXIT
+    owner = _owner_of(args.request)
+    try:
+        got = read_request(args.request)
+    except RequestError:
+        got = None
+    try:
+        out = results.Results(args.out_dir, args.keep)
+        out.ensure()
+        out.write_json(args.out_dir, "rejected.json", {
+            "exit_code": REJECTED_EXIT, "error": f"config: {problem}", "finished_at": results.now(),
+            **({"id": _request_id(got[0])} if got else {})}, owner)
+    except OSError as exc:
+        _log.error("failed", error=f"{exc.filename or ''}: {exc.strerror or exc}")
+    return REJECTED_EXIT
+
+
+def _request_id(data: bytes) -> str:
+    try:
+        return parse_request(data).id
+    except RequestError as err:
+        return err.request_id or ""
+
+
+def _owner_of(request: Path) -> int:
+    """Who a refusal without a readable request is for: the owner of the request's directory."""
+    try:
+        return os.stat(request.parent, follow_symlinks=False).st_uid
+    except OSError:
+        return os.geteuid()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
