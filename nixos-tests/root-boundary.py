@@ -76,5 +76,5 @@ with subtest("the next published commit switches, built from root's own clone"):
     assert any(line.startswith("nixos-rebuild-shim uid=0 ") and f"{ROOT_CLONE}?ref=main&rev={commit}" in line
                for line in lines), lines
     agent.succeed("test \"$(cat /etc/fleet-target)\" = same")
-    log = agent.succeed(f"ls -t {RESULTS}/*/output.log | head -n1").strip()
-    assert agent.succeed(f"stat -c %a {log}").strip() == "600"
+    output_log = agent.succeed(f"ls -t {RESULTS}/*/output.log | head -n1").strip()
+    assert agent.succeed(f"stat -c %a {output_log}").strip() == "600"
