@@ -4,7 +4,6 @@
 # named in a well-formed request, is refused by root with its reason on the dashboard, and root
 # builds nothing; a directory where the request belongs does not make the path unit loop; the
 # next published commit switches as usual, from root's own clone.
-import json
 
 TOKEN = "vm-root-boundary-token"
 CLONE = "/var/lib/private/nixfleet-agent/repo"
