@@ -69,10 +69,10 @@ def test_switch_and_rollback_through_the_root_unit(session, tmp_path: Path) -> N
 def test_force_update_builds_the_updated_lock_through_the_root_unit(session, fleet_repo, tmp_path: Path) -> None:
     """Root builds a commit, never the work tree: force-update commits the new lock in the agent's
     clone (not pushed) and the root unit builds that commit with the negative cache off."""
-    lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
-                      "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+    lock = {"nodes": {"nixfleet-agent": {"locked": {"rev": "0" * 40, "type": "github"}},
+                      "root": {"inputs": {"nixfleet-agent": "nixfleet-agent"}}}, "root": "root", "version": 7}
     (fleet_repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
-    git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet input")
+    git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet-agent input")
     origin_head = git(fleet_repo, "rev-parse", "HEAD")
     out_dir = tmp_path / "privileged-root"
     session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
@@ -87,7 +87,7 @@ def test_force_update_builds_the_updated_lock_through_the_root_unit(session, fle
         head = git(clone, "rev-parse", "HEAD")
         assert head != origin_head and git(clone, "rev-parse", "HEAD~1") == origin_head
         built = json.loads(git(clone, "show", f"{head}:flake.lock"))
-        assert built["nodes"]["nixfleet"]["locked"]["rev"] == "1" * 40
+        assert built["nodes"]["nixfleet-agent"]["locked"]["rev"] == "1" * 40
         argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
         assert argv[:3] == ["switch", "--flake", f"git+file://{clone}?rev={head}#{HOST}"], argv
         assert argv[3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
