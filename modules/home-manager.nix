@@ -31,10 +31,10 @@ let
   # launchd and the systemd user manager start jobs with a bare PATH (the user manager's
   # default has no Nix profile at all), yet the agent runs git, ssh, nix and home-manager
   # (or darwin-rebuild; home-manager is in the profile with programs.home-manager.enable).
-  # One PATH for both: the user's and the system's Nix profiles first,
-  # as in a login shell on NixOS, nix-darwin and a Nix install on another distribution;
-  # then what this module guarantees itself; then the OS. On macOS ssh stays Apple's
-  # (/usr/bin/ssh), which understands ~/.ssh/config options such as UseKeychain.
+  # One PATH for both: the user's and the system's Nix profiles first, as a login shell
+  # has them on NixOS, nix-darwin and a Nix install on another distribution; then what
+  # this module guarantees itself; then the OS. On macOS ssh stays Apple's /usr/bin/ssh,
+  # which understands ~/.ssh/config options such as UseKeychain.
   agentPath = lib.concatStringsSep ":" (
     lib.unique [
       "${config.home.profileDirectory}/bin"
