@@ -60,10 +60,13 @@
         default = self.nixosModules.nixfleet-agent;
       };
 
-      homeManagerModules = {
+      # Home Manager's current name for module outputs; `homeManagerModules` is the older one,
+      # kept as an alias of the very same modules (the key deduplicates any mix of the two).
+      homeModules = {
         nixfleet-agent = withPackage ./modules/home-manager.nix;
-        default = self.homeManagerModules.nixfleet-agent;
+        default = self.homeModules.nixfleet-agent;
       };
+      homeManagerModules = self.homeModules;
 
       checks = forAllSystems (
         pkgs:

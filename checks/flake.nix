@@ -47,7 +47,7 @@
       };
 
       homeModule = homeDirectory: {
-        imports = [ main.homeManagerModules.nixfleet-agent ];
+        imports = [ main.homeModules.nixfleet-agent ];
         home.stateVersion = "25.11";
         services.nixfleet-agent = agent homeDirectory;
       };

@@ -28,17 +28,35 @@ let
   logDir = "${homeDir}/Library/Logs/nixfleet-agent";
   stateDir = "${config.xdg.stateHome}/nixfleet-agent";
 
-  # launchd starts jobs with a bare PATH; the agent needs git, nix and the rebuild tools.
-  darwinPath = lib.concatStringsSep ":" [
-    "${homeDir}/.nix-profile/bin"
-    "/etc/profiles/per-user/${config.home.username}/bin"
-    "/run/current-system/sw/bin"
-    "/nix/var/nix/profiles/default/bin"
-    "/usr/bin"
-    "/bin"
-    "/usr/sbin"
-    "/sbin"
-  ];
+  # launchd and the systemd user manager start jobs with a bare PATH (the user manager's
+  # default has no Nix profile at all), yet the agent runs git, ssh, nix and home-manager
+  # (or darwin-rebuild; home-manager is in the profile with programs.home-manager.enable).
+  # One PATH for both: the user's and the system's Nix profiles first, as a login shell
+  # has them on NixOS, nix-darwin and a Nix install on another distribution; then what
+  # this module guarantees itself; then the OS. On macOS ssh stays Apple's /usr/bin/ssh,
+  # which understands ~/.ssh/config options such as UseKeychain.
+  agentPath = lib.concatStringsSep ":" (
+    lib.unique [
+      "${config.home.profileDirectory}/bin"
+      "${homeDir}/.nix-profile/bin"
+      "/etc/profiles/per-user/${config.home.username}/bin"
+    ]
+    ++ lib.optional (!isDarwin) "/run/wrappers/bin"
+    ++ [
+      "/run/current-system/sw/bin"
+      "/nix/var/nix/profiles/default/bin"
+      (lib.makeBinPath (
+        lib.optional (config.nix.package != null) config.nix.package
+        ++ [ pkgs.git ]
+        ++ lib.optional (!isDarwin) pkgs.openssh
+      ))
+      "/usr/local/bin"
+      "/usr/bin"
+      "/bin"
+      "/usr/sbin"
+      "/sbin"
+    ]
+  );
 in
 {
   options.services.nixfleet-agent = shared.options // {
@@ -89,6 +107,12 @@ in
             // lib.optionalAttrs (cfg.sshKeyFile != null) {
               ssh_key_file = toString cfg.sshKeyFile;
             }
+            // lib.optionalAttrs (!isDarwin) {
+              # A user unit can only switch its Home Manager generation; without this
+              # the agent would see /etc/NIXOS (or nixos-rebuild on PATH) and run
+              # nixos-rebuild as the user.
+              platform = "home-manager";
+            }
           );
       }
 
@@ -105,7 +129,7 @@ in
             RunAtLoad = true;
             KeepAlive = true;
             # not "Background": launchd would throttle the rebuilds the agent runs
-            EnvironmentVariables.PATH = darwinPath;
+            EnvironmentVariables.PATH = agentPath;
             StandardOutPath = "${logDir}/agent.log";
             StandardErrorPath = "${logDir}/agent.log";
           };
@@ -143,10 +167,13 @@ in
           Unit = {
             Description = "NixFleet agent";
             Documentation = [ "https://github.com/nixfleet/nixfleet-agent" ];
-            After = [ "network-online.target" ];
+            # No network-online.target ordering: that is a system unit, which a user
+            # manager cannot see or wait for. The agent needs none: it reconnects forever.
           };
           Service = {
             ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+            # only PATH: the token and the key are files the agent reads itself
+            Environment = [ "PATH=${agentPath}" ];
             Restart = "always";
             RestartSec = 10;
             UMask = "0077";

@@ -136,6 +136,20 @@ in
       description = "Colour of the host in the dashboard; `null` lets the dashboard choose.";
     };
 
+    agentInput = mkOption {
+      # what the agent accepts as a flake input name (a Nix identifier)
+      type = types.strMatching "[A-Za-z_][A-Za-z0-9_'-]*";
+      default = "nixfleet-agent";
+      example = "nixfleet";
+      description = ''
+        Name your fleet flake gives this flake in its `inputs` (the README calls it
+        `nixfleet-agent`). `bump-flake` and `force-update` move only this input of the
+        fleet's {file}`flake.lock`; a lock without it is an error naming this option.
+        Fleets that came from the upstream agent, whose input was called `nixfleet`,
+        set `"nixfleet"`.
+      '';
+    };
+
     nixpkgsVersion = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -222,6 +236,7 @@ in
         device_type = cfg.deviceType;
         theme_color = cfg.themeColor;
         nixpkgs_version = cfg.nixpkgsVersion;
+        agent_input = cfg.agentInput;
       }
     );
 

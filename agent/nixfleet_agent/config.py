@@ -39,6 +39,12 @@ class ConfigError(Exception):
 
 
 LOG_LEVELS = tuple(LEVELS)
+# The name a fleet flake gives this flake as an input (the README's and the modules' `agentInput`
+# default), the one input bump-flake and force-update move. Upstream's agent came with the
+# dashboard in one flake, usually called `nixfleet`; such fleets set agent_input = "nixfleet".
+DEFAULT_AGENT_INPUT = "nixfleet-agent"
+# What to set when the fleet flake names this flake otherwise (agent and root side say the same).
+AGENT_INPUT_HINT = "set services.nixfleet-agent.agentInput (agent_input) to the name your fleet flake gives this flake"
 _FLAKE_INPUT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # a Nix identifier
 PLATFORMS = ("nixos", "darwin", "home-manager")
 LAUNCHERS = ("detached", "privileged")
@@ -114,7 +120,7 @@ class Config:
     git_author_name: str = "nixfleet-agent"
     git_author_email: str = ""
     update_attempts: int = 5
-    agent_input: str = "nixfleet"
+    agent_input: str = DEFAULT_AGENT_INPUT
     outbox_max: int = 10000
     stop_grace: int = 3
     restart_exit_code: int = 101
@@ -321,7 +327,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     if ca_file and not os.access(ca_file, os.R_OK):
         problems.append(f"{where('ca_file')}: cannot read CA file (got {_show(ca_file)!r})")
 
-    agent_input = values.get("agent_input") or "nixfleet"
+    agent_input = values.get("agent_input") or DEFAULT_AGENT_INPUT
     if not _FLAKE_INPUT.fullmatch(agent_input):
         problems.append(f"{where('agent_input')}: not a flake input name (got {_show(agent_input)!r})")
 

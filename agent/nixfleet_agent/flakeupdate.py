@@ -23,6 +23,7 @@ from typing import Any
 from . import gitenv, log, nix
 from .gitenv import RunFn
 from .repo import Repo, RepoError
+from .config import AGENT_INPUT_HINT
 
 _log = log.get("flakeupdate")
 
@@ -182,24 +183,38 @@ def update(
             return UpdateResult("failed", str(exc), 1)
 
 
+def _root_inputs(repo: Repo) -> list[str] | None:
+    """The inputs ``flake.lock`` gives the fleet flake, or None without a readable lock."""
+    try:
+        lock = json.loads(_read_lock(repo) or "{}")
+        return list(lock["nodes"][lock.get("root", "root")].get("inputs", {}))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # no readable lock yet: nix itself will say what is wrong
+
+
 def missing_inputs(repo: Repo, inputs: Sequence[str]) -> list[str]:
     """Inputs the flake does not have: Nix only warns about ``--update-input <unknown>`` and exits
     0, which would report a bump that did nothing as "already up to date"."""
-    if not inputs:
-        return []
-    try:
-        lock = json.loads(_read_lock(repo) or "{}")
-        root = lock["nodes"][lock.get("root", "root")].get("inputs", {})
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return []  # no readable lock yet: nix itself will say what is wrong
-    return [name for name in inputs if name not in root]
+    present = _root_inputs(repo) if inputs else None
+    return [] if present is None else [name for name in inputs if name not in present]
+
+
+def missing_input_error(repo: Repo, inputs: Sequence[str]) -> str | None:
+    """The one-line error for bump-flake and force-update when the fleet flake lacks the agent's
+    input, or None. It names the module option and the TOML key: the input name is the fleet
+    flake's choice, which the agent cannot know (upstream's agent input was called ``nixfleet``)."""
+    missing = missing_inputs(repo, inputs)
+    if not missing:
+        return None
+    present = ", ".join(_root_inputs(repo) or []) or "none"
+    names = ", ".join(f"'{name}'" for name in missing)
+    return f"flake.lock has no input {names} (it has: {present}): {AGENT_INPUT_HINT}"
 
 
 def _nix_update(repo: Repo, run: RunFn, inputs: Sequence[str]) -> int:
-    missing = missing_inputs(repo, inputs)
-    if missing:
-        repo.emit(f"error: flake.lock has no input named {', '.join(missing)} (the agent_input setting "
-                  f"names the input that provides nixfleet-agent)", "stderr")
+    problem = missing_input_error(repo, inputs)
+    if problem:
+        repo.emit(f"error: {problem}", "stderr")
         return 1
     argv = nix.flake_update(inputs)
     code = run(argv, repo.git_env(), repo.path)

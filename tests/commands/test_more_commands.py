@@ -44,11 +44,12 @@ def test_pull_switch_stops_when_the_pull_fails(session, fleet_repo, tmp_path: Pa
 
 
 def _add_agent_input(repo: Path) -> None:
-    """Give the fleet's lock file the `nixfleet` input that bump-flake and force-update move."""
-    lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
-                      "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+    """Give the fleet's lock file the input bump-flake and force-update move by default: the
+    README's name for this flake, `nixfleet-agent` (the modules' agentInput default)."""
+    lock = {"nodes": {"nixfleet-agent": {"locked": {"rev": "0" * 40, "type": "github"}},
+                      "root": {"inputs": {"nixfleet-agent": "nixfleet-agent"}}}, "root": "root", "version": 7}
     (repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
-    git(repo, "commit", "-q", "-am", "lock the nixfleet input")
+    git(repo, "commit", "-q", "-am", "lock the nixfleet-agent input")
 
 
 def test_force_rebuild_and_force_update_disable_the_negative_cache(session, fleet_repo) -> None:
@@ -64,9 +65,9 @@ def test_force_rebuild_and_force_update_disable_the_negative_cache(session, flee
     assert status["status"] == "ok" and status["message"] == "force update complete", status
     lines = session.lines(records)
     assert [l for l in lines if l.startswith("━━━")] == ["━━━ Step 1/3: Git pull ━━━",
-                                                       "━━━ Step 2/3: nix flake update nixfleet ━━━",
+                                                       "━━━ Step 2/3: nix flake update nixfleet-agent ━━━",
                                                        "━━━ Step 3/3: Rebuild ━━━"]
-    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet"]
+    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet-agent"]
 
 
 def test_update_and_bump_flake_report_the_flake_update(session, fleet_repo) -> None:
@@ -79,11 +80,13 @@ def test_update_and_bump_flake_report_the_flake_update(session, fleet_repo) -> N
     # bump-flake moves only the agent's input; a fleet flake without it gets an error naming it
     status, records = session.run("bump-flake", timeout=60)
     assert status["status"] == "error"
-    assert any("no input named nixfleet" in line for line in session.lines(records))
+    assert any("flake.lock has no input 'nixfleet-agent' (it has: none): set services.nixfleet-agent.agentInput "
+               "(agent_input) to the name your fleet flake gives this flake" in line
+               for line in session.lines(records)), session.lines(records)
     _add_agent_input(fleet_repo)
     status, records = session.run("bump-flake", timeout=60)
     assert status["status"] == "ok", (status, session.lines(records))
-    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet"]
+    assert session.shims.calls("nix")[-1]["argv"][-4:] == ["flake", "lock", "--update-input", "nixfleet-agent"]
     assert all(r.payload["command"] == "bump-flake" for r in records if r.type == "output")
 
 

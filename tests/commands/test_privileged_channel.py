@@ -137,10 +137,10 @@ def test_force_update_has_root_refresh_the_lock_of_the_published_commit(session,
     """Root builds only published commits: force-update no longer commits in the agent's clone;
     root refreshes the agent's input in a throwaway work tree of the pulled, verified commit,
     commits that in its own clone and builds it with the negative cache off."""
-    lock = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
-                      "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+    lock = {"nodes": {"nixfleet-agent": {"locked": {"rev": "0" * 40, "type": "github"}},
+                      "root": {"inputs": {"nixfleet-agent": "nixfleet-agent"}}}, "root": "root", "version": 7}
     (fleet_repo / "flake.lock").write_text(json.dumps(lock, indent=2) + "\n")
-    git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet input")
+    git(fleet_repo, "commit", "-q", "-am", "lock the nixfleet-agent input")
     origin_head = git(fleet_repo, "rev-parse", "HEAD")
     state, root = start(session, fleet_repo, tmp_path)
     clone = state / "repo"
@@ -151,14 +151,14 @@ def test_force_update_has_root_refresh_the_lock_of_the_published_commit(session,
         assert status["status"] == "ok", (status, session.lines(records))
         assert git(clone, "rev-parse", "HEAD") == origin_head  # the agent authored nothing
         lock_call = session.shims.calls("nix")[-1]
-        assert "--update-input" in lock_call["argv"] and "nixfleet" in lock_call["argv"], lock_call
+        assert "--update-input" in lock_call["argv"] and "nixfleet-agent" in lock_call["argv"], lock_call
         assert lock_call["cwd"].startswith(str(root.root_state / "work")), lock_call  # root's work tree
         argv = session.shims.calls("nixos-rebuild")[-1]["argv"]
         built = argv[2].split("rev=")[1].split("#")[0]
         assert argv[2] == f"git+file://{root.clone}?ref=nixfleet-lock-refresh&rev={built}#{HOST}", argv
         assert argv[3:] == ["--option", "narinfo-cache-negative-ttl", "0"], argv
         assert git(root.clone, "rev-parse", f"{built}~1") == origin_head
-        assert json.loads(git(root.clone, "show", f"{built}:flake.lock"))["nodes"]["nixfleet"]["locked"]["rev"] \
+        assert json.loads(git(root.clone, "show", f"{built}:flake.lock"))["nodes"]["nixfleet-agent"]["locked"]["rev"] \
             == "1" * 40
         assert git(root.clone, "log", "-1", "--format=%an", built) == "nixfleet-agent-privileged"
         assert git(fleet_repo, "rev-parse", "HEAD") == origin_head  # nothing published

@@ -237,3 +237,10 @@ def test_config_files_rendered_by_the_nix_modules_load(path, tmp_path):
     """The TOML the Nix modules generate is accepted as-is (the token arrives separately)."""
     cfg = load({"config": str(path)}, {"NIXFLEET_TOKEN": "x", "STATE_DIRECTORY": str(tmp_path)})
     assert cfg.url.startswith(("ws://", "wss://")) and cfg.repo_dir
+
+
+def test_agent_input_defaults_to_the_readme_input_name():
+    """The README (and the modules' agentInput default) call this flake `nixfleet-agent` in a fleet
+    flake; upstream fleets, whose input was `nixfleet`, say so with agent_input."""
+    assert load({}, BASE).agent_input == "nixfleet-agent"
+    assert load({}, dict(BASE, NIXFLEET_AGENT_INPUT="nixfleet")).agent_input == "nixfleet"

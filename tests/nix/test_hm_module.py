@@ -123,7 +123,10 @@ def test_linux_user_service(linux: tuple[Path, str]) -> None:
     assert exe.endswith("/bin/nixfleet-agent") and flag == "--config" and config.endswith("-nixfleet-agent.toml")
     assert parsed["Service"]["Restart"] == ["always"]
     assert parsed["Install"]["WantedBy"] == ["default.target"]
-    assert "Environment" not in parsed["Service"] and "EnvironmentFile" not in parsed["Service"]
+    # only PATH (no secret: the agent reads tokenFile itself); no system target it cannot see
+    assert [e.partition("=")[0] for e in parsed["Service"]["Environment"]] == ["PATH"]
+    assert "EnvironmentFile" not in parsed["Service"]
+    assert "network-online.target" not in (out / "systemd-user" / "nixfleet-agent.service").read_text()
     assert not (out / "launchd").exists() or not list((out / "launchd").iterdir())  # no launchd on Linux
     if "systemd-analyze verify" in output:
         assert "systemd-analyze verify (as system units in a fake root): OK" in output
@@ -156,3 +159,69 @@ def test_config_repo_warns(tmp_path: Path) -> None:
                settings(repoUrl=None, configRepo="/Users/alice/nixcfg"))
     assert proc.returncode == 0, proc.stdout
     assert "services.nixfleet-agent.configRepo is deprecated" in proc.stdout
+
+
+def unit_path(out: Path) -> list[str]:
+    env = parse_unit((out / "systemd-user" / "nixfleet-agent.service").read_text())["Service"]["Environment"]
+    assert len(env) == 1 and env[0].startswith("PATH=")
+    return env[0].removeprefix("PATH=").split(":")
+
+
+# Where nix, home-manager, git and ssh live on each kind of Linux host running a Home Manager
+# profile; the user unit's PATH must reach each before the OS's /usr/bin.
+LINUX_LAYOUTS = {
+    # NixOS, Home Manager as a NixOS module (useUserPackages) or standalone
+    "nixos": {"nix": "/run/current-system/sw/bin", "home-manager": "/etc/profiles/per-user/alice/bin",
+              "git": "/run/current-system/sw/bin", "ssh": "/run/current-system/sw/bin"},
+    # Debian/Ubuntu/...: multi-user Nix install, standalone Home Manager
+    "multi-user": {"nix": "/nix/var/nix/profiles/default/bin", "home-manager": "/home/alice/.nix-profile/bin",
+                   "git": "/usr/bin", "ssh": "/usr/bin"},
+    # single-user Nix install: nix itself sits in the user's profile
+    "single-user": {"nix": "/home/alice/.nix-profile/bin", "home-manager": "/home/alice/.nix-profile/bin",
+                    "git": "/usr/bin", "ssh": "/usr/bin"},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LINUX_LAYOUTS))
+def test_linux_unit_path_finds_the_tools(linux: tuple[Path, str], layout: str) -> None:
+    """systemd's user manager gives units no Nix profile: without the unit's own PATH the agent found
+    neither nix nor home-manager off NixOS."""
+    path = unit_path(linux[0])
+    for tool, directory in LINUX_LAYOUTS[layout].items():
+        assert directory in path, (tool, directory, path)
+    # the module's own git and ssh come before the OS's, so a host without them still clones
+    store = [d for d in path if d.startswith("/nix/store/")]
+    assert any(d.endswith("-git-0.0.0-stub/bin") for d in store), path
+    assert any(d.endswith("-openssh-0.0.0-stub/bin") for d in store), path
+    assert max(path.index(d) for d in store) < path.index("/usr/bin")
+    # the user's profile wins over the system's, as in a login shell
+    assert path.index("/home/alice/.nix-profile/bin") < path.index("/run/current-system/sw/bin")
+
+
+def test_launchd_and_systemd_share_one_path(darwin: Path, linux: tuple[Path, str]) -> None:
+    """One definition: macOS differs only by Linux's setuid wrappers and by keeping Apple's ssh
+    (which understands UseKeychain in ~/.ssh/config)."""
+    mac = plist(darwin, "com.nixfleet.agent")["EnvironmentVariables"]["PATH"].split(":")  # type: ignore[index]
+    lin = unit_path(linux[0])
+    strip = lambda path, home: [d.replace(home, "~") for d in path if not d.startswith("/nix/store/")]  # noqa: E731
+    common = strip(mac, "/Users/alice")
+    at = common.index("/run/current-system/sw/bin")
+    assert strip(lin, "/home/alice") == common[:at] + ["/run/wrappers/bin"] + common[at:]
+    assert not any("openssh" in d for d in mac) and any(d.endswith("-git-0.0.0-stub/bin") for d in mac)
+
+
+def test_linux_agent_switches_home_manager() -> None:
+    """A user unit cannot run nixos-rebuild; without platform the agent would pick it on NixOS."""
+    linux = eval_json("hm-good.nix", "config.services.nixfleet-agent.settings", "--argstr", "system", "x86_64-linux")
+    darwin = eval_json("hm-good.nix", "config.services.nixfleet-agent.settings")
+    assert isinstance(linux, dict) and isinstance(darwin, dict)
+    assert linux["platform"] == "home-manager"
+    assert "platform" not in darwin  # macOS: the agent picks darwin-rebuild or home-manager itself
+
+
+def test_agent_input_option_renders_agent_input() -> None:
+    default = eval_json("hm-good.nix", "config.services.nixfleet-agent.settings")
+    upstream = eval_json("hm-good.nix", "config.services.nixfleet-agent.settings",
+                         "--arg", "settings", settings(agentInput="nixfleet"))
+    assert isinstance(default, dict) and isinstance(upstream, dict)
+    assert default["agent_input"] == "nixfleet-agent" and upstream["agent_input"] == "nixfleet"

@@ -52,8 +52,8 @@ exit "${SHIM_NIX_EXIT:-0}"
 
 ID = "20261121T235959Z-1a2b"
 ATTR = "web1"
-LOCK = {"nodes": {"nixfleet": {"locked": {"rev": "0" * 40, "type": "github"}},
-                  "root": {"inputs": {"nixfleet": "nixfleet"}}}, "root": "root", "version": 7}
+LOCK = {"nodes": {"nixfleet-agent": {"locked": {"rev": "0" * 40, "type": "github"}},
+                  "root": {"inputs": {"nixfleet-agent": "nixfleet-agent"}}}, "root": "root", "version": 7}
 
 
 def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:

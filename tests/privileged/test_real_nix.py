@@ -31,8 +31,8 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     git(agent_input, "init", "-q", "-b", "main")
     commit(agent_input, {"flake.nix": "{ outputs = _: { version = 1; }; }\n"}, "agent 1")
     (host.origin / "flake.nix").write_text(
-        f'{{ inputs.nixfleet.url = "git+file://{agent_input}"; '
-        "outputs = { self, nixfleet }: { web1 = nixfleet.version; }; }\n")
+        f'{{ inputs.nixfleet-agent.url = "git+file://{agent_input}"; '
+        "outputs = { self, nixfleet-agent }: { web1 = nixfleet-agent.version; }; }\n")
     (host.origin / "flake.lock").unlink()
     locked = nix("flake", "lock", cwd=host.origin)
     if locked.returncode != 0:
@@ -74,5 +74,5 @@ def test_roots_lock_refresh_evaluates_to_the_new_input(host: Host) -> None:
     assert evaluate(flake) == "2"  # root's commit: the refreshed lock
     assert evaluate(host.flake(host.commit)) == "1"  # the published commit is unchanged
     lock = json.loads(git(host.origin, "show", "HEAD:flake.lock"))
-    assert lock["nodes"]["nixfleet"]["locked"]["rev"] != json.loads(
-        git(host.clone, "show", "nixfleet-lock-refresh:flake.lock"))["nodes"]["nixfleet"]["locked"]["rev"]
+    assert lock["nodes"]["nixfleet-agent"]["locked"]["rev"] != json.loads(
+        git(host.clone, "show", "nixfleet-lock-refresh:flake.lock"))["nodes"]["nixfleet-agent"]["locked"]["rev"]

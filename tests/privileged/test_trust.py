@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from nixfleet_agent.config import AGENT_INPUT_HINT
 from root_support import ID, Host, commit, git
 
 
@@ -241,7 +243,7 @@ def test_update_lock_builds_roots_own_commit_of_the_refreshed_lock(host: Host) -
     host.write(host.good(update_lock=True, refresh=True))
     assert host.run(lock_rev="1" * 40) == 0, host.log()
     (nix_call,) = [c for c in host.shim_calls() if c.startswith("nix ")]
-    assert nix_call.endswith("flake lock --update-input nixfleet --option narinfo-cache-negative-ttl 0")
+    assert nix_call.endswith("flake lock --update-input nixfleet-agent --option narinfo-cache-negative-ttl 0")
     (build,) = host.builds()
     built = build.split("rev=")[1].split("#")[0]
     assert build == (f"switch --flake {host.flake(built, ref='nixfleet-lock-refresh')} "
@@ -249,7 +251,7 @@ def test_update_lock_builds_roots_own_commit_of_the_refreshed_lock(host: Host) -
     assert git(host.clone, "rev-parse", f"{built}~1") == host.commit
     assert git(host.clone, "diff", "--name-only", host.commit, built) == "flake.lock"
     lock = json.loads(git(host.clone, "show", f"{built}:flake.lock"))
-    assert lock["nodes"]["nixfleet"]["locked"]["rev"] == "1" * 40
+    assert lock["nodes"]["nixfleet-agent"]["locked"]["rev"] == "1" * 40
     assert git(host.origin, "rev-parse", "HEAD") == host.commit  # nothing published
     assert not (host.root_dir / "work" / ID).exists()
 
@@ -268,7 +270,8 @@ def test_update_lock_needs_a_published_commit_and_the_agents_input(host: Host) -
     host.extra = ["--agent-input", "agent"]
     host.write(host.good(id="noinput", update_lock=True))
     assert host.run() == 1
-    assert refusal(host, "noinput") == f"update_lock: flake.lock of {host.commit} has no input named agent"
+    assert refusal(host, "noinput") == (f"update_lock: flake.lock of {host.commit} has no input named agent: "
+                                        f"{AGENT_INPUT_HINT}")
     assert host.builds() == []
 
 

@@ -58,30 +58,35 @@ def test_update_commits_and_pushes_the_new_lock(tmp_path: Path, flake: FlakeRemo
 
 
 def test_bump_moves_only_the_agent_input(tmp_path: Path, run: Collect) -> None:
-    """bump-flake: the nixfleet input moves, every other input stays where the fleet pinned it."""
-    flake = FlakeRemote(tmp_path / "remotes", inputs=("dep", "nixfleet"))
+    """bump-flake: the agent's input (by default `nixfleet-agent`, the README's name for this flake)
+    moves, every other input stays where the fleet pinned it."""
+    flake = FlakeRemote(tmp_path / "remotes", inputs=("dep", "nixfleet-agent"))
     lock = json.loads(flake.show("flake.lock"))
     dep_before = lock["nodes"]["dep"]["locked"]["rev"]
     flake.bump_dep("dep v2")
-    agent_rev = flake.bump_dep("agent v2", "nixfleet")
+    agent_rev = flake.bump_dep("agent v2", "nixfleet-agent")
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
     repo.ensure()
-    result = flakeupdate.update(repo, run, inputs=("nixfleet",))
+    assert repo.cfg.agent_input == "nixfleet-agent"
+    result = flakeupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
     assert result.outcome == "pushed", result
     after = json.loads(flake.show("flake.lock"))["nodes"]
-    assert after["nixfleet"]["locked"]["rev"] == agent_rev
+    assert after["nixfleet-agent"]["locked"]["rev"] == agent_rev
     assert after["dep"]["locked"]["rev"] == dep_before
-    assert [c.name for c in result.changes] == ["nixfleet"]
+    assert [c.name for c in result.changes] == ["nixfleet-agent"]
 
 
 def test_bump_of_an_input_the_flake_lacks_is_an_error_naming_it(tmp_path: Path, flake: FlakeRemote, run: Collect,
                                                                  emitted: Emitted) -> None:
+    """A fleet that calls this flake something else (upstream's agent input was `nixfleet`) is told
+    which option and TOML key to set, and which inputs its lock does have."""
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
     repo.ensure()
-    result = flakeupdate.update(repo, run, inputs=("nixfleet",))
+    result = flakeupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
     assert result.exit_code != 0 and result.outcome == "failed"
-    assert any("no input named nixfleet" in line for line, _ in emitted.lines)
+    assert ("error: flake.lock has no input 'nixfleet-agent' (it has: dep): set services.nixfleet-agent.agentInput "
+            "(agent_input) to the name your fleet flake gives this flake", "stderr") in emitted.lines, emitted.lines
     assert flake.head() == before
 
 

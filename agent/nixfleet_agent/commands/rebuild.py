@@ -126,9 +126,9 @@ def force_update(job: Job) -> None:
     job.say(f"━━━ Step 2/3: nix flake update {agent_input} ━━━")
     repo = job.ctx.repo
     cwd = job.repo_path
-    if repo is not None and flakeupdate.missing_inputs(repo, (agent_input,)):
-        job.err(f"❌ flake.lock has no input named {agent_input} (set agent_input to the input that provides "
-                "nixfleet-agent)")
+    problem = flakeupdate.missing_input_error(repo, (agent_input,)) if repo is not None else None
+    if problem:
+        job.err(f"❌ {problem}")
         job.status("error", 1, f"no flake input {agent_input}")
         return
     if privileged_switch(job.ctx.cfg):

@@ -2,7 +2,7 @@
 
 ``update`` moves every input; ``bump-flake`` (the dashboard's name for "pick up a new agent";
 the upstream agent answered "unknown command") moves only the input that provides the
-agent (``agent_input``, default ``nixfleet``), as its CORE-001 definition (``nix flake update
+agent (``agent_input``, default ``nixfleet-agent``; upstream's was ``nixfleet``), as its CORE-001 definition (``nix flake update
 nixfleet``) says. A host that cannot push (HTTPS without
 credentials, read-only deploy key) falls back to pull + switch, as upstream's v1 agent did.
 """

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import nix
+from ..config import AGENT_INPUT_HINT
 from .source import LOCK_REF, Refusal, RootClone, Stream, capture
 
 
@@ -49,7 +50,7 @@ def refresh(clone: RootClone, commit: str, agent_input: str, work: Path, stream:
                 raise Refusal("update_lock", f"{name} in commit {commit} is not a regular file")
         before = lock.read_bytes()
         if agent_input not in _root_inputs(before):
-            raise Refusal("update_lock", f"flake.lock of {commit} has no input named {agent_input}")
+            raise Refusal("update_lock", f"flake.lock of {commit} has no input named {agent_input}: {AGENT_INPUT_HINT}")
         argv = nix.flake_update((agent_input,), nix=nix_program, refresh=True)
         code = stream(argv, env, tree)  # nix flake lock acts on the flake in its working directory
         if code != 0:

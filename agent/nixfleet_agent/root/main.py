@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import gitenv, log, nix
+from ..config import DEFAULT_AGENT_INPUT
 from . import lockrefresh, results, source, verify
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
@@ -45,7 +46,7 @@ class Settings:
     systemctl: str = "systemctl"
     nix: str = "nix"
     flake_attr: str = ""
-    agent_input: str = "nixfleet"
+    agent_input: str = DEFAULT_AGENT_INPUT
     keep: int = results.KEEP
     policy: verify.Policy = verify.Policy()
 
@@ -197,7 +198,7 @@ def _bad(option: str, error: str) -> int:
 # TOML key -> option, for --config; the module renders these from the same options the agent uses
 _FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
                 "agent_input": "agent_input", "known_hosts_file": "known_hosts"}
-_DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": "nixfleet"}
+_DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": DEFAULT_AGENT_INPUT}
 
 
 def _apply_config(args: argparse.Namespace) -> str | None:

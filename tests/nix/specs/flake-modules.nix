@@ -47,7 +47,8 @@ let
         homeDirectory = "/Users/alice";
         extraPkgs = import ./stub-overrides.nix;
         modules = [
-          outputs.homeManagerModules.default
+          # the current name and the older alias, imported together
+          outputs.homeModules.default
           outputs.homeManagerModules.nixfleet-agent
           { services.nixfleet-agent = agent; }
         ];
