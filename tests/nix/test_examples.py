@@ -66,6 +66,5 @@ def readme_block(readme: str, name: str) -> str | None:
 @pytest.mark.parametrize("name", EXAMPLE_FILES)
 def test_readme_shows_each_example_verbatim(name: str) -> None:
     block = readme_block((REPO / "README.md").read_text(), name)
-    if block is None:
-        pytest.skip(f"README.md has no `<!-- example: docs/examples/{name} -->` marker before its ```nix block")
+    assert block is not None, f"README.md has no `<!-- example: docs/examples/{name} -->` marker before its ```nix block"
     assert block == (EXAMPLES / name).read_text(), f"README.md's block differs from docs/examples/{name}"
