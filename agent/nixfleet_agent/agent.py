@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import buildinfo, log, protocol
-from .backoff import Backoff
+from . import buildinfo, log
+from .link import protocol
+from .link.backoff import Backoff
 from .config import Config
-from .connection import Connection
+from .link.session import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
-from .outbox import Message, Outbox
+from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
 from .status import StatusStore, now_rfc3339

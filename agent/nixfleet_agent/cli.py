@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(cfg: Config) -> int:
-    from .connection import AuthError, describe, dial
+    from .link.session import AuthError, describe, dial
 
     started = time.monotonic()
     try:

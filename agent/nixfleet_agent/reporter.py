@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from . import log, protocol
-from .outbox import Message, Outbox
+from . import log
+from .link import protocol
+from .link.outbox import Message, Outbox
 from .redact import redact
 from .status import StatusStore
 

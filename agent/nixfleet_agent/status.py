@@ -17,7 +17,7 @@ from typing import Any
 
 from . import log
 from .privatefs import write_private
-from .protocol import COMPARTMENTS
+from .link.protocol import COMPARTMENTS
 
 LOCK_REFRESH_EVERY = 300.0
 STATE_FILE = "state.json"

@@ -17,7 +17,7 @@ from . import harness as h
 from .stats import Figures
 
 BLOCK_TLS = "import sys\nfor m in ('ssl', '_ssl', '_hashlib'): sys.modules[m] = None\n"  # as cli does for ws://
-AGENT_IMPORTS = ("import nixfleet_agent.cli, nixfleet_agent.agent, nixfleet_agent.connection, "
+AGENT_IMPORTS = ("import nixfleet_agent.cli, nixfleet_agent.agent, nixfleet_agent.link.session, "
                  "nixfleet_agent.dispatcher, nixfleet_agent.commands.registry")
 BASELINES = {
     "baseline_python": ("bare python interpreter", "import sys"),

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from nixfleet_agent import protocol
+from nixfleet_agent.link import protocol
 from nixfleet_agent.config import Config, load
-from nixfleet_agent.connection import Connection
-from nixfleet_agent.outbox import Outbox
+from nixfleet_agent.link.session import Connection
+from nixfleet_agent.link.outbox import Outbox
 from nixfleet_agent.reporter import Reporter
 from support import TEST_TOKEN
 

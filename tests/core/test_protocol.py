@@ -6,9 +6,9 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nixfleet_agent import protocol
-from nixfleet_agent.backoff import Backoff
-from nixfleet_agent.outbox import Message, Outbox
+from nixfleet_agent.link import protocol
+from nixfleet_agent.link.backoff import Backoff
+from nixfleet_agent.link.outbox import Message, Outbox
 
 
 def test_output_sets_command_and_is_error():

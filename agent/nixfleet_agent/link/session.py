@@ -18,9 +18,10 @@ from collections.abc import Callable
 import websocket
 from websocket import ABNF
 
-from . import log, protocol
+from .. import log
+from ..config import Config
+from . import protocol
 from .backoff import Backoff
-from .config import Config
 from .outbox import Message, Outbox
 
 STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
