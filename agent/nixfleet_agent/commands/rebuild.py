@@ -320,17 +320,13 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
             ctx.status.set("system", "error", f"{label} failed ({how})")
             job.err(f"❌ {label} failed ({result.describe()})")
             job.status("error", result.exit_code or 1, result.start_error or f"{label.lower()} failed ({result.describe()})")
-    # Marked once the status has left the Outbox (bounded wait, so steady traffic cannot hold it
-    # forever). An agent stopped before that leaves it unmarked: the next agent reports it again
-    # rather than never. Past this point nothing can repeat it.
-    delivered = job.wait_delivered(60.0)
-    if not delivered and ctx.stop_event.is_set():
-        _log.warn("operation_status_undelivered", id=op.id, hint="the next agent start reports it")
-        return
+    # The status is journaled on disk before it is queued (link/journal.py) and stays there until the
+    # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
+    # at once, a restart neither loses it nor reports it a second time from the record.
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()
-    if not result.ok:
+    if not result.ok or ctx.stop_event.is_set():
         return
     _log.info("post_switch", restart=restart, reason=why)
     if restart:

@@ -1,10 +1,15 @@
 """The dashboard session: dial with Bearer auth, register, keep the link provably alive, reconnect.
 
 One connection thread dials and reads; one writer thread per live socket is the only code that writes
-application frames (it also sends our pings and the pongs the reader asks for). A link is declared dead
-when nothing (pong or message) arrived for ``ping_timeout`` seconds, which catches half-open TCP that
-would otherwise look connected forever. Reconnects back off exponentially with full jitter; 401/403 is
-logged once per streak and waits the maximum so a fleet with a rotated token never hammers the server.
+application frames (it also sends our pings and the one pong the reader asks for). A link is declared
+dead when nothing (pong or message) arrived for ``ping_timeout`` seconds, or when a written message has
+had no evidence of delivery for that long, which catches half-open TCP that would otherwise look
+connected forever. Every ping carries ``nf:<seq>`` (the highest message written); its pong is the
+evidence that lets the Outbox forget messages (see ``outbox``). The reading thread never waits on a
+producer queue (``Outbox.never_block``), a writer failure ends the session at once, and the loop is
+supervised: an exception anywhere in a session costs a reconnect, never the link. Reconnects back off
+exponentially with full jitter; 401/403 is logged once per streak and waits the maximum so a fleet with
+a rotated token never hammers the server.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from .. import log
 from ..config import Config
 from . import protocol
 from .backoff import Backoff
-from .outbox import Message, Outbox
+from .outbox import Message, Outbox, evidence_payload, parse_evidence
 
 STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
 BATCH_MESSAGES = 256  # frames written with one system call when the queue holds several
@@ -82,7 +87,8 @@ class _Session:
         self.ws = ws
         self.dead = threading.Event()
         self.registered = threading.Event()
-        self.pongs: list[bytes] = []
+        self.pong: bytes | None = None  # at most one pending pong: a ping flood costs nothing
+        self.evidence_asked = 0  # seq of the last evidence ping not yet answered (0 = none)
         self.lock = threading.Lock()
         self.close_reason: str | None = None
 
@@ -138,6 +144,18 @@ class Connection:
 
     # -- connection loop -----------------------------------------------------------------------
     def _loop(self) -> None:
+        self.outbox.never_block(threading.current_thread())
+        while not self._stop.is_set():
+            try:
+                self._dial_loop()
+            except Exception as exc:  # noqa: BLE001 - supervision: a bug costs a reconnect, never the link
+                _log.error("connection_loop_failed", error=f"{type(exc).__name__}: {describe(exc)}")
+                self._session = None
+                self.outbox.set_live(False)
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def _dial_loop(self) -> None:
         backoff = Backoff(1.0, float(self.cfg.backoff_max), fast_attempts=FAST_ATTEMPTS)
         auth_streak = 0
         while not self._stop.is_set():
@@ -214,8 +232,15 @@ class Connection:
         fragments_size = 0
         while not session.dead.is_set():
             deadline = last_rx + self.cfg.ping_timeout
+            unconfirmed = self.outbox.unconfirmed_since()
+            if unconfirmed is not None:
+                deadline = min(deadline, unconfirmed + self.cfg.ping_timeout)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if unconfirmed is not None and unconfirmed + self.cfg.ping_timeout <= time.monotonic():
+                    _log.warn("delivery_timeout", seconds=self.cfg.ping_timeout, in_flight=self.outbox.inflight(),
+                              hint="written messages were never confirmed; resending them on the next link")
+                    return "no delivery evidence"
                 _log.warn("ping_timeout", seconds=self.cfg.ping_timeout,
                           hint="no pong or message from the dashboard; treating the link as dead")
                 return "ping timeout"
@@ -244,10 +269,10 @@ class Connection:
             opcode = frame.opcode
             if opcode == ABNF.OPCODE_PING:
                 with session.lock:
-                    session.pongs.append(bytes(frame.data[:125]))
+                    session.pong = bytes(frame.data[:125])  # replaces an unsent one (RFC 6455 5.5.3)
                 self.outbox.kick()
             elif opcode == ABNF.OPCODE_PONG:
-                continue
+                self._on_pong(session, bytes(frame.data))
             elif opcode == ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else 1005
                 try:
@@ -283,7 +308,10 @@ class Connection:
             self.outbox.set_live(True)
             if first:
                 _log.info("registered", host=message.host_id or self.cfg.hostname, queued=len(self.outbox))
-                self._on_registered()
+                try:
+                    self._on_registered()
+                except Exception as exc:  # noqa: BLE001 - a callback bug must not cost the session
+                    _log.error("registered_handler_failed", error=f"{type(exc).__name__}: {describe(exc)}")
             return
         try:
             self._on_message(message)
@@ -291,27 +319,47 @@ class Connection:
             _log.error("message_handler_failed", type=type(message).__name__, error=describe(exc))
 
     # -- writer --------------------------------------------------------------------------------
+    def _on_pong(self, session: _Session, payload: bytes) -> None:
+        upto = parse_evidence(payload)
+        if upto is None:
+            return
+        self.outbox.delivered(upto)
+        with session.lock:
+            if session.evidence_asked and upto >= session.evidence_asked:
+                session.evidence_asked = 0
+        if self.outbox.written_seq > upto:
+            self.outbox.kick()  # more was written since that ping: ask again
+
     def _writer(self, session: _Session) -> None:
         ws = session.ws
         next_ping = time.monotonic() + self.cfg.ping_interval
+        batch: list[Message] = []
         try:
             while not session.dead.is_set():
                 with session.lock:
-                    pongs, session.pongs = session.pongs, []
-                for payload in pongs:
-                    ws.pong(payload)
+                    pong, session.pong = session.pong, None
+                if pong is not None:
+                    ws.pong(pong)
                 now = time.monotonic()
-                if now >= next_ping:
-                    ws.ping()
+                written = self.outbox.written_seq
+                with session.lock:
+                    ask = written > 0 and not session.evidence_asked and self.outbox.inflight() > 0
+                    if ask:
+                        session.evidence_asked = written
+                if ask or now >= next_ping:
+                    ws.ping(evidence_payload(written))  # its pong confirms everything up to `written`
                     next_ping = now + self.cfg.ping_interval
                 if session.registered.is_set():
-                    batch = self.outbox.peek_many(BATCH_MESSAGES, BATCH_BYTES)
+                    batch = self.outbox.take(BATCH_MESSAGES, BATCH_BYTES)
                     if batch:
-                        _send_text_frames(ws, batch)
-                        self.outbox.pop(len(batch))  # only once on the wire: at-least-once delivery
+                        _send_text_frames(ws, [self.outbox.wire_text(m) for m in batch])
+                        self.outbox.written(batch)
+                        batch = []
                         continue
                 self.outbox.wait(max(0.0, next_ping - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - a failed write ends the session; the reader notices
+        except Exception as exc:  # noqa: BLE001 - a failed write ends the session at once
+            if batch:
+                self.outbox.unwritten(batch)
             if not session.dead.is_set():
                 _log.warn("write_failed", error=describe(exc))
             session.dead.set()
@@ -331,11 +379,11 @@ class Connection:
         _shutdown_socket(session.ws)
 
 
-def _send_text_frames(ws: websocket.WebSocket, batch: list[Message]) -> None:
+def _send_text_frames(ws: websocket.WebSocket, batch: list[str]) -> None:
     """One masked text frame per message, exactly as ``ws.send`` would make them, but written with a
     single ``sendall``: a 200,000-line command then costs a few thousand system calls, not 200,000.
     ``ws.lock`` is websocket-client's own send lock (enable_multithread=True)."""
-    data = b"".join(ABNF.create_frame(message.text, ABNF.OPCODE_TEXT).format() for message in batch)
+    data = b"".join(ABNF.create_frame(text, ABNF.OPCODE_TEXT).format() for text in batch)
     sock = ws.sock
     if sock is None:
         raise websocket.WebSocketConnectionClosedException("socket is already closed")
