@@ -17,6 +17,7 @@ from typing import Any
 
 from . import log
 from .privatefs import write_private
+from .redact import redact
 from .link.protocol import COMPARTMENTS
 
 LOCK_REFRESH_EVERY = 300.0
@@ -103,7 +104,7 @@ class StatusStore:
     def _save_locked(self) -> None:
         data = {"compartments": self._compartments, "last_command": self._last_command, "extras": self._extras}
         try:
-            write_private(self._path, json.dumps(data, indent=2, sort_keys=True))
+            write_private(self._path, redact(json.dumps(data, indent=2, sort_keys=True)))  # a boundary, too
         except OSError as exc:
             _log.warn("state_write_failed", path=str(self._path), error=exc.strerror or str(exc))
 
