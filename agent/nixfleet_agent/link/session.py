@@ -28,13 +28,20 @@ from ..config import Config
 from ..redact import redact
 from . import protocol
 from .backoff import Backoff
+from .frames import FrameError, FrameReader
 from .outbox import Message, Outbox, evidence_payload, parse_evidence
 
 STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
 BATCH_MESSAGES = 256  # frames written with one system call when the queue holds several
 BATCH_BYTES = 64 * 1024
+READ_BYTES = 64 * 1024  # one recv; the frame buffer holds at most one message plus this
 FAST_ATTEMPTS = 10  # redials at <= 1 s spacing before backing off: a dashboard restart takes seconds
 _log = log.get("connection")
+_DEADLINE_HINTS = {
+    "ping timeout": "no pong or message from the dashboard; treating the link as dead",
+    "no delivery evidence": "written messages were never confirmed; resending them on the next link",
+    "incomplete frame": "a frame or fragmented message stayed incomplete; treating the link as broken",
+}
 
 
 class AuthError(Exception):
@@ -111,7 +118,8 @@ def dial(cfg: Config) -> websocket.WebSocket:
             raise HandshakeDeadline(f"handshake timed out (not complete within {cfg.handshake_timeout} s)") from None
         status = getattr(response, "status", 0)
         if 300 <= int(status or 0) < 400:
-            raise RedirectRefused(int(status), str((response.headers or {}).get("location", ""))) from None
+            headers = getattr(response, "headers", None) or {}
+            raise RedirectRefused(int(status), str(headers.get("location", ""))) from None
         raise
     finally:
         timer.cancel()
@@ -268,31 +276,35 @@ class Connection:
         return was_registered
 
     def _reader(self, session: _Session) -> str:
+        """Read with one deadline for everything: the ping deadline (nothing complete arrived),
+        the delivery deadline (written messages without evidence) and the partial-frame deadline
+        (an incomplete frame or fragmented message held too long). Only complete frames count as
+        life, so a peer trickling bytes cannot keep a dead link open or commands from being read."""
         ws = session.ws
+        limit = float(self.cfg.ping_timeout)
         last_rx = time.monotonic()
-        fragments: list[bytes] = []
-        fragments_size = 0
+        frames = FrameReader(protocol.MAX_INBOUND_BYTES)
         while not session.dead.is_set():
-            deadline = last_rx + self.cfg.ping_timeout
+            now = time.monotonic()
+            deadlines = {"ping timeout": last_rx + limit}
             unconfirmed = self.outbox.unconfirmed_since()
             if unconfirmed is not None:
-                deadline = min(deadline, unconfirmed + self.cfg.ping_timeout)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if unconfirmed is not None and unconfirmed + self.cfg.ping_timeout <= time.monotonic():
-                    _log.warn("delivery_timeout", seconds=self.cfg.ping_timeout, in_flight=self.outbox.inflight(),
-                              hint="written messages were never confirmed; resending them on the next link")
-                    return "no delivery evidence"
-                _log.warn("ping_timeout", seconds=self.cfg.ping_timeout,
-                          hint="no pong or message from the dashboard; treating the link as dead")
-                return "ping timeout"
+                deadlines["no delivery evidence"] = unconfirmed + limit
+            partial = frames.partial_since
+            if partial is not None:
+                deadlines["incomplete frame"] = partial + limit
+            reason, deadline = min(deadlines.items(), key=lambda item: item[1])
+            if deadline <= now:
+                _log.warn(reason.replace(" ", "_"), seconds=self.cfg.ping_timeout, in_flight=self.outbox.inflight(),
+                          hint=_DEADLINE_HINTS[reason])
+                return reason
             sock = ws.sock
             if sock is None:
                 return "socket closed"
             pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS-buffered bytes
             if not pending:
                 try:
-                    readable, _, _ = select.select([sock], [], [], remaining)
+                    readable, _, _ = select.select([sock], [], [], deadline - now)
                 except (OSError, ValueError):
                     return "socket closed"
                 if not readable:
@@ -300,41 +312,37 @@ class Connection:
             if session.dead.is_set():
                 break
             try:
-                frame = ws.recv_frame()
-            except websocket.WebSocketTimeoutException:
-                return "read timeout"
-            except websocket.WebSocketConnectionClosedException:
-                return "connection closed by peer"
-            except Exception as exc:  # noqa: BLE001 - protocol error or socket error: the session is over
-                return describe(exc)
-            last_rx = time.monotonic()
-            opcode = frame.opcode
-            if opcode == ABNF.OPCODE_PING:
-                with session.lock:
-                    session.pong = bytes(frame.data[:125])  # replaces an unsent one (RFC 6455 5.5.3)
-                self.outbox.kick()
-            elif opcode == ABNF.OPCODE_PONG:
-                self._on_pong(session, bytes(frame.data))
-            elif opcode == ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else 1005
-                try:
-                    ws.send_close(websocket.STATUS_NORMAL)  # the closing handshake's reply (serialized by ws)
-                except Exception:  # noqa: BLE001 - the peer may already be gone
-                    pass
-                return f"closed by dashboard (code {code})"
-            elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
-                if opcode != ABNF.OPCODE_CONT:
-                    fragments, fragments_size = [], 0
-                fragments.append(bytes(frame.data))
-                fragments_size += len(frame.data)
-                if fragments_size > protocol.MAX_INBOUND_BYTES:
-                    _log.warn("message_ignored", reason="frame too large", size=fragments_size)
-                    fragments, fragments_size = [], 0
+                data = sock.recv(READ_BYTES)
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                if type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError"):
                     continue
-                if frame.fin:
-                    data = b"".join(fragments)
-                    fragments, fragments_size = [], 0
-                    self._handle(session, data)
+                return describe(exc)
+            if not data:
+                return "connection closed by peer"
+            try:
+                events = frames.feed(data)
+            except FrameError as exc:
+                _log.warn("protocol_violation", reason=exc.reason, close_code=exc.code)
+                _send_close(ws, exc.code, exc.reason)
+                return f"protocol violation: {exc.reason}"
+            for event in events:
+                last_rx = time.monotonic()
+                if event.kind == "ping":
+                    with session.lock:
+                        session.pong = event.data  # replaces an unsent one (RFC 6455 5.5.3)
+                    self.outbox.kick()
+                elif event.kind == "pong":
+                    self._on_pong(session, event.data)
+                elif event.kind == "close":
+                    code = int.from_bytes(event.data[:2], "big") if len(event.data) >= 2 else 1005
+                    _send_close(ws, websocket.STATUS_NORMAL, "")  # the closing handshake's reply
+                    return f"closed by dashboard (code {code})"
+                else:
+                    self._handle(session, event.data)
+                if session.dead.is_set():
+                    break
         return "closed"
 
     def _handle(self, session: _Session, data: bytes) -> None:
@@ -431,6 +439,23 @@ def _send_text_frames(ws: websocket.WebSocket, batch: list[str]) -> None:
         raise websocket.WebSocketConnectionClosedException("socket is already closed")
     with ws.lock:
         sock.sendall(data)
+
+
+def _send_close(ws: websocket.WebSocket, code: int, reason: str) -> None:
+    """A close frame from the reading thread, only if that cannot block it: not while the writer
+    holds the send lock (it may be stuck on a peer that does not read), not into a full buffer."""
+    sock = ws.sock
+    if sock is None or not ws.lock.acquire(blocking=False):
+        return
+    try:
+        _, writable, _ = select.select([], [sock], [], 0)
+        if writable:
+            frame = ABNF.create_frame(code.to_bytes(2, "big") + reason.encode()[:120], ABNF.OPCODE_CLOSE)
+            sock.sendall(frame.format())
+    except Exception:  # noqa: BLE001 - the peer may already be gone
+        pass
+    finally:
+        ws.lock.release()
 
 
 def _shutdown_socket(ws: websocket.WebSocket) -> None:
