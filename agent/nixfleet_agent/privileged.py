@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import log
+from .kinds import Action
 
-ACTIONS = ("switch", "boot", "test", "rollback", "reboot")
+ACTIONS = tuple(action.value for action in Action)
 BUILD_ACTIONS = ("switch", "boot", "test")
 FIELDS = ("id", "action", "commit", "flake_attr", "refresh")
 # force-update/force-rebuild: a substitute that was missing a minute ago may be there now

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from . import log
+from .kinds import CommandStatus
 from .link import protocol
 from .link.outbox import Message, Outbox
 from .redact import redact
@@ -57,7 +58,7 @@ class Reporter:
     def output(self, command: str, line: str, stream: str = "stdout") -> None:
         self._put("output", protocol.output(command, redact(line), stream), command)
 
-    def status(self, command: str, status: str, exit_code: int, message: str = "") -> None:
+    def status(self, command: str, status: CommandStatus, exit_code: int, message: str = "") -> None:
         try:
             generation = self._generation()
         except Exception:  # noqa: BLE001 - a git hiccup must not cost us the final status

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import flakeupdate, operations
 from .. import log as logmod
+from ..kinds import Action, LaunchMode
 from ..privileged import NO_NEGATIVE_CACHE
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
@@ -205,12 +206,12 @@ def _switch(job: Job, extra: tuple[str, ...] = ()) -> None:
 def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False) -> operations.Operation:
     cfg = job.ctx.cfg
     # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
-    launcher = "privileged" if privileged_switch(cfg) else "detached"
+    launcher = LaunchMode.PRIVILEGED if privileged_switch(cfg) else LaunchMode.DETACHED
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
     repo = job.ctx.repo
     commit = repo.head() if repo is not None else ""
     return operations.Operation(
-        id=job.op_id, command=job.name, action=action, argv=argv, launcher=launcher,
+        id=job.op_id, command=job.name, action=Action(action), argv=argv, launcher=launcher,
         log_path=str(log_path), result_path=str(result_path),
         cwd=str(repo.path) if repo is not None else "",
         commit=commit,
