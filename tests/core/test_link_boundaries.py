@@ -150,3 +150,18 @@ def test_poison_values_never_leave_the_process(tmp_path, start_agent):
             leaks = [where for where, text in texts.items() if poison in text]
             assert leaks == [], f"{poison} leaked into {leaks}"
         assert "dash-user" not in texts["log"] and "dash-user" not in texts["check"]
+
+
+def test_state_json_only_ever_holds_redacted_text(tmp_path):
+    """Before: a status message was persisted to state.json before it was redacted."""
+    from nixfleet_agent.link.outbox import Outbox
+    from nixfleet_agent.reporter import Reporter
+    from nixfleet_agent.status import StatusStore
+
+    store = StatusStore(tmp_path)
+    reporter = Reporter(Outbox(100), store)
+    reporter.status("pull", "error", 1, f"fatal: unable to access 'https://bot:{POISON_REPO}@git.example/f.git'")
+    store.set("git", "error", f"Repository unavailable: https://{POISON_REPO}@git.example/f.git")
+    text = (tmp_path / "state.json").read_text()
+    assert POISON_REPO not in text
+    assert "https://***@git.example/f.git" in text
