@@ -111,7 +111,7 @@ def dial(cfg: Config) -> websocket.WebSocket:
         if exc.status_code in (401, 403):
             raise AuthError(exc.status_code) from None
         raise
-    except BaseException as exc:
+    except BaseException:
         response = getattr(ws, "handshake_response", None)
         ws.shutdown()
         if expired.is_set():
