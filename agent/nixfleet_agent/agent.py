@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import buildinfo, log, protocol
-from .backoff import Backoff
+from . import buildinfo, log
+from .link import protocol
+from .link.backoff import Backoff
 from .config import Config
-from .connection import Connection
+from .link.session import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
-from .outbox import Message, Outbox
+from .link.journal import Journal
+from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
 from .status import StatusStore, now_rfc3339
@@ -51,7 +53,7 @@ class Agent:
         os.umask(0o077)
         ensure_private_dir(cfg.state_dir)
         self.status = StatusStore(cfg.state_dir, cfg.git_timeout)
-        self.outbox = Outbox(cfg.outbox_max)
+        self.outbox = Outbox(cfg.outbox_max, journal=Journal(cfg.state_dir))
         self.repo = self._make_repo()
         self.facts: RepoFacts = self.repo if self.repo is not None else LocalRepoFacts(cfg.repo_dir)
         self.reporter = Reporter(self.outbox, self.status, generation=self.facts.generation, stop=self.stop_event)
@@ -65,7 +67,8 @@ class Agent:
             on_registered=self._registered,
             stop=self.stop_event,
         )
-        self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit)
+        self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit,
+                           heartbeat_sync=self._send_heartbeat)
         self._threads: list[threading.Thread] = []
         self._wake_r = self._wake_w = -1
 
@@ -159,14 +162,18 @@ class Agent:
                 if next_due < time.monotonic():
                     next_due = time.monotonic() + interval
             _touch(alive)
-            if not self.connection.registered:
-                continue
-            try:
-                payload = self.heartbeat.heartbeat_payload()
-            except Exception as exc:  # noqa: BLE001 - never let one bad sample stop heartbeats
-                _log.error("heartbeat_failed", error=str(exc)[:200])
-                continue
-            self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
+            self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        """Queue one heartbeat if registered (the ticker, and the post-switch flush in its caller)."""
+        if not self.connection.registered:
+            return
+        try:
+            payload = self.heartbeat.heartbeat_payload()
+        except Exception as exc:  # noqa: BLE001 - never let one bad sample stop heartbeats
+            _log.error("heartbeat_failed", error=str(exc)[:200])
+            return
+        self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
 
     def _prepare_repo(self) -> None:
         """Validate or clone before connecting, so the first commands find the clone in place, but

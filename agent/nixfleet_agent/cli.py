@@ -122,23 +122,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(cfg: Config) -> int:
-    from .connection import AuthError, describe, dial
+    from .link.session import AuthError, describe, dial
+    from .redact import redact
 
+    url = redact(cfg.url)  # check output is a boundary too: no userinfo of the dashboard URL
     started = time.monotonic()
     try:
         ws = dial(cfg)
     except AuthError as exc:
-        print(f"FAILED: {cfg.url} rejected the token (HTTP {exc.status})")
+        print(f"FAILED: {url} rejected the token (HTTP {exc.status})")
         return 1
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-        print(f"FAILED: cannot connect to {cfg.url}: {describe(exc)}")
+        print(f"FAILED: cannot connect to {url}: {describe(exc)}")
         return 1
     latency = int((time.monotonic() - started) * 1000)
     try:
         ws.close(timeout=2)
     except Exception:  # noqa: BLE001
         pass
-    print(f"OK: config valid; authenticated WebSocket to {cfg.url} as {cfg.hostname} ({latency} ms)")
+    print(f"OK: config valid; authenticated WebSocket to {url} as {cfg.hostname} ({latency} ms)")
     return 0
 
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from . import buildinfo, freshness, protocol
+from . import buildinfo, freshness
 from .config import Config
+from .link import protocol
 from .metrics import Metrics
 from .status import StatusStore
 

@@ -1,7 +1,8 @@
 """One event per line, ``key=value`` on stderr, so journald/launchd logs stay greppable.
 
 Values containing spaces, quotes, ``=`` or control characters are double-quoted with escapes so a
-line always parses back unambiguously; ``Secret`` values render as ``***``.
+line always parses back unambiguously; ``Secret`` values render as ``***`` and credentials in URLs
+are redacted (``redact``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 
+from .redact import redact
 from .secret import Secret
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
@@ -33,7 +35,7 @@ def _quote(value: object) -> str:
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
-        text = str(value)
+        text = redact(str(value))  # a URL's credentials never reach the journal
     if len(text) > _MAX_VALUE:
         text = text[:_MAX_VALUE] + f"...[{len(text) - _MAX_VALUE} more chars]"
     if text and all(c.isprintable() and c not in ' "=\\' for c in text):

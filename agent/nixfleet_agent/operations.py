@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import log as logmod
+from .kinds import Action, LaunchMode
 from .oplog import logs_dir
 from .privatefs import ensure_private_dir, write_private
 from .runner import CHUNK, LineSplitter, Result, child_env
@@ -78,9 +79,9 @@ os.replace(tmp, res)
 class Operation:
     id: str
     command: str  # the dashboard's command name (switch, pull-switch, rollback, force-update, ...)
-    action: str  # switch | rollback (what the privileged side is asked to do)
+    action: Action  # what the privileged side is asked to do
     argv: list[str]
-    launcher: str  # detached | privileged
+    launcher: LaunchMode
     log_path: str
     result_path: str
     cwd: str = ""
@@ -94,6 +95,11 @@ class Operation:
     pid: int | None = None
     started_at: float = field(default_factory=time.time)
     reported: bool = False
+
+    def __post_init__(self) -> None:
+        # read back from JSON as plain strings: an unknown value is a ValueError (record skipped)
+        self.action = Action(self.action)
+        self.launcher = LaunchMode(self.launcher)
 
 
 def ops_dir(state_dir: Path) -> Path:

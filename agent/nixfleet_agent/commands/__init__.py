@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import operations, oplog, runner
+from ..kinds import CommandStatus
 from ..redact import redact
 from ..runner import Result
 
@@ -171,7 +172,7 @@ class Job:
 
     # ----- reporting ------------------------------------------------------------------------------
 
-    def status(self, status: str, exit_code: int, message: str = "", command: str | None = None) -> None:
+    def status(self, status: CommandStatus, exit_code: int, message: str = "", command: str | None = None) -> None:
         """Send a ``status``. The job's own final status frees the busy flag *first*: a dashboard
         sends its next command as soon as it sees the status and must not be rejected."""
         self.log.write(f"# status={status} exit_code={exit_code} message={message}")

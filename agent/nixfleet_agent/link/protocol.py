@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..redact import redact, without_userinfo
+
 MAX_LINE_BYTES = 16 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024
 MAX_INBOUND_BYTES = 1024 * 1024
@@ -42,7 +44,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def encode(kind: str, payload: dict[str, Any]) -> str:
-    return _ENCODER.encode({"type": kind, "payload": payload})
+    """The frame text; redacted here because every message leaves the process through this."""
+    return redact(_ENCODER.encode({"type": kind, "payload": payload}))
 
 
 def _optional(payload: dict[str, Any], **fields: str) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def register(
         "heartbeat_interval": heartbeat_interval,
         "location": location,
         "device_type": device_type,
-        "repo_url": repo_url,
+        "repo_url": without_userinfo(repo_url),  # upstream stores it and shows it to every browser
         "repo_dir": repo_dir,
     }
     return _optional(payload, source_commit=source_commit, store_path=store_path, binary_hash=binary_hash)
