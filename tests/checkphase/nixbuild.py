@@ -62,7 +62,10 @@ def bare_python(work: Path) -> Path:
         if probe.returncode == 0 and probe.stdout == real.stdout:
             venv = work / "python"
             subprocess.run([candidate, "-m", "venv", "--without-pip", str(venv)], check=True)
-            return venv / "bin" / "python"
+            python = venv / "bin" / "python"
+            seen = subprocess.run([str(python), "-c", "import websockets"], capture_output=True, env={})
+            assert seen.returncode != 0, f"{python} sees this machine's websockets: not a bare interpreter"
+            return python
     raise Unavailable("no Python >= 3.11 that an unprivileged user can run (checked: " + ", ".join(candidates) + ")")
 
 
