@@ -88,7 +88,8 @@ python3Packages.buildPythonApplication {
 
   meta = {
     description = "Fleet agent connecting NixOS and macOS hosts to a NixFleet dashboard";
-    homepage = "https://github.com/nixfleet/nixfleet-agent";
+    # The NixFleet project: its dashboard is what this agent connects to and serves.
+    homepage = "https://github.com/markus-barta/nixfleet";
     license = lib.licenses.agpl3Plus;
     platforms = [
       "x86_64-linux"
