@@ -235,6 +235,7 @@ class Agent:
             "starting",
             version=buildinfo.version(),
             source_commit=buildinfo.source_commit(),
+            wire_agent_version=protocol.UPSTREAM_PROTOCOL_VERSION,
             host=self.cfg.hostname,
             url=self.cfg.url,
             repo_dir=str(self.cfg.repo_dir),
