@@ -86,6 +86,16 @@ def avoid_tls_libraries(url: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Ctrl-C before the agent's own handlers are in place (startup, ``check``) ends quietly with 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        log.end_terminal_echo()
+        print("nixfleet-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         print(f"nixfleet-agent {buildinfo.version()}")
