@@ -32,6 +32,7 @@ from .status import StatusStore, now_rfc3339
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
 SHUTDOWN_COMMAND_WAIT = 5.0  # seconds a running command gets to record where it got to on shutdown
+EXIT_SIGINT = 130  # Ctrl-C in a terminal: 128 + SIGINT, as a shell reports an interrupted program
 
 
 def _optional_module(name: str) -> Any | None:
@@ -242,6 +243,7 @@ class Agent:
             "starting",
             version=buildinfo.version(),
             source_commit=buildinfo.source_commit(),
+            wire_agent_version=protocol.UPSTREAM_PROTOCOL_VERSION,
             host=self.cfg.hostname,
             url=self.cfg.url,
             repo_dir=str(self.cfg.repo_dir),
@@ -298,7 +300,17 @@ class Agent:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
         def handler(signum: int, _frame: object) -> None:
-            _log.info("signal", name=signal.Signals(signum).name)
+            if signum == signal.SIGINT:
+                log.end_terminal_echo()
+            name = signal.Signals(signum).name
+            if self.stop_event.is_set():  # a second Ctrl-C / SIGTERM: stop waiting for the command
+                _log.warn("stop_now", signal=name, hint="ending the running command's process group now")
+                if self.dispatcher is not None:
+                    self.dispatcher.kill_now()
+                return
+            _log.info("signal", name=name)
+            if signum == signal.SIGINT and self.exit_code == 0:
+                self.exit_code = EXIT_SIGINT
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)

@@ -29,6 +29,7 @@ from .controlqueue import ControlQueue
 _log = logmod.get("dispatcher")
 
 KILL_GRACE = 5.0  # kill_command's SIGTERM -> SIGKILL escalation (upstream 5 s; stop uses cfg.stop_grace)
+SHUTDOWN_KILL_AFTER = 3.0  # agent shutdown: SIGTERM -> SIGKILL of an attached command group
 
 
 def _registry() -> ModuleType:
@@ -284,6 +285,18 @@ class Dispatcher:
         if pid is not None and not detached:
             _log.info("terminating_child_on_shutdown", pid=pid)
             self._send(pid, signal.SIGTERM)
+            # a group that ignores SIGTERM must not outlive the agent: SIGKILL while there is still
+            # time (SHUTDOWN_KILL_AFTER < the agent's 5 s wait) to report how the command ended
+            self._escalate(pid, SHUTDOWN_KILL_AFTER,
+                           lambda: _log.warn("killing_child_on_shutdown", pid=pid, after_s=SHUTDOWN_KILL_AFTER))
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL the attached command's group at once (a detached switch is left alone)."""
+        with self._lock:
+            pid, detached = self._pid, self._detached
+        if pid is not None and not detached:
+            _log.warn("killing_child_on_shutdown", pid=pid, after_s=0)
+            self._send(pid, signal.SIGKILL)
 
 
 class _Tracker:

@@ -99,7 +99,7 @@ class Heartbeat:
         return protocol.register(
             hostname=self.cfg.hostname,
             host_type=self.cfg.host_type,
-            agent_version=buildinfo.version(),
+            own_version=buildinfo.version(),
             os_version=self.os_version,
             nixpkgs_version=self.nixpkgs_version,
             generation=self.repo.generation(),

@@ -85,5 +85,21 @@ class Logger:
         self._emit("error", event, fields)
 
 
+def end_terminal_echo() -> None:
+    """Start the next log line on a fresh line when stderr is a terminal.
+
+    A terminal echoes Ctrl-C as ``^C`` where the cursor is, before the agent sees SIGINT; without a
+    newline the next event would read ``^Clevel=info ...`` and no longer parse as key=value.
+    Nothing is written to a pipe or the journal.
+    """
+    with _lock:
+        try:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def get(component: str) -> Logger:
     return Logger(component)

@@ -19,6 +19,17 @@ MAX_INBOUND_BYTES = 1024 * 1024
 REJECT_REASON = "command already running"
 COMPARTMENTS = ("git", "lock", "system", "tests")
 
+# The upstream release whose agent protocol this agent implements (markus-barta/nixfleet VERSION at
+# the commit the protocol reference describes). The upstream dashboard reads the register's
+# ``agent_version`` as "which of my releases does this agent speak" - it marks an agent outdated
+# unless the string equals its own ``Version`` - so that field carries this level, not our package
+# version. What actually runs is reported next to it: ``implementation`` / ``implementation_version``
+# (ignored by the Go dashboard, which decodes with plain ``json.Unmarshal``), ``source_commit``,
+# ``store_path``, ``binary_hash``, and ``nixfleet-agent --version``. Raise it only together with the
+# protocol changes of the new upstream release.
+UPSTREAM_PROTOCOL_VERSION = "3.1.5"
+IMPLEMENTATION = "nixfleet-agent-python"
+
 
 class ProtocolError(Exception):
     """An inbound frame we ignore; ``kind`` is the message type if one was readable."""
@@ -59,7 +70,7 @@ def register(
     *,
     hostname: str,
     host_type: str,
-    agent_version: str,
+    own_version: str,
     os_version: str,
     nixpkgs_version: str,
     generation: str,
@@ -76,7 +87,7 @@ def register(
     payload: dict[str, Any] = {
         "hostname": hostname,
         "host_type": host_type,
-        "agent_version": agent_version,
+        "agent_version": UPSTREAM_PROTOCOL_VERSION,
         "os_version": os_version,
         "nixpkgs_version": nixpkgs_version,
         "generation": generation,
@@ -86,6 +97,8 @@ def register(
         "device_type": device_type,
         "repo_url": without_userinfo(repo_url),  # upstream stores it and shows it to every browser
         "repo_dir": repo_dir,
+        "implementation": IMPLEMENTATION,
+        "implementation_version": own_version,
     }
     return _optional(payload, source_commit=source_commit, store_path=store_path, binary_hash=binary_hash)
 
