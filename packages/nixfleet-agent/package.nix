@@ -37,6 +37,9 @@ python3Packages.buildPythonApplication {
         (lib.fileset.maybeMissing ../../tests/conftest.py)
         (lib.fileset.maybeMissing ../../tests/dashboard.py)
         (lib.fileset.maybeMissing ../../tests/support.py)
+        # the fault-injecting TCP proxy and the raw-frame WebSocket peer of the link tests
+        (lib.fileset.maybeMissing ../../tests/faultproxy.py)
+        (lib.fileset.maybeMissing ../../tests/rawpeer.py)
       ]
       ++ map (path: root + "/${path}") offlineTests
     );

@@ -107,14 +107,23 @@ def cached_target(requirements: Sequence[str]) -> Path:
     return target
 
 
+# the executables a nixpkgs package puts on PATH, where they are not named like the package
+PACKAGE_BINS = {"openssh": ("ssh", "ssh-keygen", "sshd")}
+
+
 def stdenv_path(bin_dir: Path, tools: Sequence[str]) -> str:
     bin_dir.mkdir()
-    for name in [*STDENV_TOOLS, *tools]:
+    for name in STDENV_TOOLS:
         found = shutil.which(name)
         if found:
             (bin_dir / name).symlink_to(found)
-        elif name in tools:
-            raise Unavailable(f"{name} (a nativeCheckInputs tool) is not installed")
+    for package in tools:
+        for name in PACKAGE_BINS.get(package, (package,)):
+            found = shutil.which(name)
+            if found is None and package not in PACKAGE_BINS:
+                raise Unavailable(f"{name} (from nativeCheckInputs {package}) is not installed")
+            if found is not None and not (bin_dir / name).exists():
+                (bin_dir / name).symlink_to(found)
     return str(bin_dir)
 
 
@@ -156,7 +165,8 @@ def check_phase(pkg: Package) -> tuple[str, dict[str, float]]:
         if os.geteuid() == 0:
             subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(build_top)], check=True)
         src = build_top / pkg.source_root
-        env = {"PATH": stdenv_path(work / "bin", pkg.check_tools), "HOME": "/homeless-shelter",
+        # the build's interpreter is on PATH in nixpkgs too (python3 and python)
+        env = {"PATH": f"{python.parent}:{stdenv_path(work / 'bin', pkg.check_tools)}", "HOME": "/homeless-shelter",
                "TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp), "TEMPDIR": str(tmp),
                "NIX_BUILD_TOP": str(build_top), "PYTHONNOUSERSITE": "1", "PYTHONHASHSEED": "0",
                "DETERMINISTIC_BUILD": "1", "SOURCE_DATE_EPOCH": "315532800"}

@@ -41,7 +41,12 @@ let
       pythonOlder = v: builtins.compareVersions pyVersion v < 0;
       buildPythonApplication = attrs: attrs;
     };
-  pkg = import (/. + pkgFile) { inherit lib python3Packages; git = { tool = "git"; }; openssl = { tool = "openssl"; }; };
+  fn = import (/. + pkgFile);
+  # every other package argument (git, openssl, openssh, ...) is a tool of the build
+  tools = builtins.mapAttrs (name: _: { tool = name; }) (
+    removeAttrs (builtins.functionArgs fn) [ "lib" "python3Packages" "sourceCommit" ]
+  );
+  pkg = fn (tools // { inherit lib python3Packages; });
 in
 {
   inherit (pkg) enabledTestPaths dependencies nativeCheckInputs build-system src sourceRoot preCheck postPatch pythonImportsCheck;
