@@ -96,8 +96,11 @@ def python_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(entries))}
 
 
+NIX_PASSTHROUGH = ("NIX_REMOTE", "NIX_CONF_DIR", "NIX_STORE_DIR", "NIX_STATE_DIR")
+
+
 def agent_env(url: str, state_dir: Path, *, token: str | None = TEST_TOKEN, **overrides: str) -> dict[str, str]:
-    """Environment for an agent under test: fast cadence, private state dir, nothing inherited but PATH."""
+    """Environment for an agent under test: fast cadence, private state dir, nothing inherited but PATH (and which Nix store)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(state_dir.parent),
@@ -115,6 +118,8 @@ def agent_env(url: str, state_dir: Path, *, token: str | None = TEST_TOKEN, **ov
     }
     if token is not None:
         env["NIXFLEET_TOKEN"] = token
+    # which Nix store to use (dev/test gives a non-root user without a daemon a store of its own)
+    env.update({k: os.environ[k] for k in NIX_PASSTHROUGH if k in os.environ})
     env.update({k: v for k, v in overrides.items() if v is not None})
     return python_env(env)
 
