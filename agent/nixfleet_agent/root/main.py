@@ -8,7 +8,9 @@ The order of trust, for a build (``switch``):
 3. with signers configured (``verify``): the commit's signature, and no step back behind the last
    commit root deployed;
 4. ``update_lock`` (force-update): root's own lock refresh of that commit (``lockrefresh``);
-5. ``nixos-rebuild <action> --flake git+file://<root clone>?ref=<branch>&rev=<commit>#<attr>``.
+5. ``nixos-rebuild <action> --flake git+file://<root clone>?ref=<branch>&rev=<commit>#<attr>``, or on
+   nix-darwin (``--darwin-rebuild``, started by the root launchd daemon) ``darwin-rebuild`` with the
+   same arguments: the same rules for both, only the program and the reboot command differ.
 
 A refusal at any step is written to the request's ``result.json`` as ``"<rule>: <why>"`` (exit
 code 2), which the agent reports as the command's error. Rollback and reboot build nothing.
@@ -42,8 +44,10 @@ _BRANCH = re.compile(r"[A-Za-z0-9._/-]{1,200}")
 class Settings:
     out_dir: Path
     state_dir: Path
-    nixos_rebuild: str = "nixos-rebuild"
+    nixos_rebuild: str = "nixos-rebuild"  # or darwin-rebuild: the system's rebuild program
     systemctl: str = "systemctl"
+    darwin: bool = False  # nix-darwin: reboot with shutdown(8), there is no systemctl
+    shutdown: str = "/sbin/shutdown"
     nix: str = "nix"
     flake_attr: str = ""
     agent_input: str = DEFAULT_AGENT_INPUT
@@ -112,7 +116,7 @@ class Handler:
         if req.action == "rollback":
             return self._run(nix.rollback([self.s.nixos_rebuild]), out)
         if req.action not in BUILD_ACTIONS:
-            return self._run([self.s.systemctl, "reboot"], out)
+            return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
@@ -181,8 +185,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
     add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
     add("--keep", type=int, default=results.KEEP, help="request directories kept")
-    add("--nixos-rebuild", default="nixos-rebuild", help="nixos-rebuild executable")
-    add("--systemctl", default="systemctl", help="systemctl executable (reboot)")
+    rebuild = parser.add_mutually_exclusive_group()
+    rebuild.add_argument("--nixos-rebuild", default=None, help="nixos-rebuild executable (NixOS)")
+    rebuild.add_argument("--darwin-rebuild", default=None, help="darwin-rebuild executable: this is a nix-darwin "
+                                                                 "host (started by the root launchd daemon)")
+    add("--systemctl", default="systemctl", help="systemctl executable (reboot on NixOS)")
+    add("--shutdown", default="/sbin/shutdown", help="shutdown executable (reboot on nix-darwin)")
     add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
@@ -252,8 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not value.is_file():
             return _bad(name.replace("_", "-"), f"{value} does not exist")
-    settings = Settings(out_dir=args.out_dir, state_dir=state_dir, nixos_rebuild=args.nixos_rebuild,
-                        systemctl=args.systemctl, nix=args.nix, flake_attr=args.flake_attr,
+    settings = Settings(out_dir=args.out_dir, state_dir=state_dir,
+                        nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
+                        darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
                         policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
     try:
