@@ -27,6 +27,7 @@ while [ "$i" -lt "${GIT_CONFIG_COUNT:-0}" ]; do
   eval "echo \\"git config: \\$GIT_CONFIG_KEY_$i=\\$GIT_CONFIG_VALUE_$i\\""
   i=$((i + 1))
 done
+if [ -n "${SHIM_TAIL:-}" ]; then printf '%s\\n' "$SHIM_TAIL"; fi
 exit "${SHIM_EXIT:-0}"
 """
 
@@ -73,6 +74,20 @@ def test_failed_darwin_rebuild_is_reported(mac: Mac) -> None:
     mac.write(mac.good())
     assert mac.run(exit_code=134) == 1  # e.g. an activation aborted (nix-darwin#1758)
     assert mac.result()["exit_code"] == 134
+
+
+def test_activation_aborted_on_a_user_agent_names_nix_darwin_1758(mac: Mac, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHIM_TAIL", "setting up user launchd services...\nreloading user service org.nixos.skhd")
+    mac.write(mac.good())
+    assert mac.run(exit_code=134) == 1
+    result = mac.result()
+    assert result["exit_code"] == 134
+    assert "user LaunchAgent org.nixos.skhd (nix-darwin#1758" in result["error"]
+    # another failure keeps the bare exit code
+    monkeypatch.setenv("SHIM_TAIL", "error: builder for '/nix/store/x.drv' failed")
+    mac.write(mac.good(id="second"))
+    assert mac.run(exit_code=1) == 1
+    assert "error" not in mac.result("second")
 
 
 def test_rollback_and_reboot_on_darwin(mac: Mac) -> None:

@@ -100,6 +100,8 @@ class Handler:
                 exit_code, error = REJECTED_EXIT, str(refusal)
                 out.write(f"nixfleet-agent-privileged: refused: {refusal}\n".encode())
                 _log.warn("refused", id=req.id, rule=refusal.rule, commit=req.commit, error=error)
+        if self.s.darwin and exit_code not in (0, REJECTED_EXIT) and not error:
+            error = _user_agent_abort(op_dir / "output.log")
         doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
                                   "finished_at": results.now()}
         if error:
@@ -157,6 +159,28 @@ class Handler:
             return 127, message
         code = proc.wait()
         return (128 - code, "") if code < 0 else (code, "")
+
+
+_USER_SERVICE = re.compile(r"(?:reloading|creating) user service (\S+)")
+
+
+def _user_agent_abort(output: Path) -> str:
+    """nix-darwin#1758: activation reloads user LaunchAgents through ``launchctl asuser``, and when
+    the primary user's GUI domain cannot be reached that ``load`` aborts the rest of the activation.
+    When the failed run's output ends there, say so instead of a bare exit code."""
+    try:
+        with open(output, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            lines = [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines[-5:]):
+        match = _USER_SERVICE.search(line)
+        if match:
+            return (f"darwin-rebuild: activation stopped while loading the user LaunchAgent {match.group(1)} "
+                    "(nix-darwin#1758: the primary user's GUI domain was not reachable); the system was not "
+                    "fully activated; log in as system.primaryUser and switch again")
+    return ""
 
 
 def _parser() -> argparse.ArgumentParser:
