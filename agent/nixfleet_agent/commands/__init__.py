@@ -49,9 +49,10 @@ class Tracker(Protocol):
 
 
 def privileged_switch(cfg: Config) -> bool:
-    """Privileged actions go through the NixOS root unit; it exists only under the NixOS module, so
-    on nix-darwin and Home Manager the setting falls back to detached/sudo."""
-    return cfg.switch_launcher == "privileged" and cfg.platform == "nixos"
+    """Privileged actions go through the root side: the NixOS module's root unit or the nix-darwin
+    module's root launchd daemon (both set ``switch_launcher = "privileged"``). Home Manager has no
+    root side, so there the setting falls back to detached/sudo."""
+    return cfg.switch_launcher == "privileged" and cfg.platform in ("nixos", "darwin")
 
 
 def sudo_n(argv: list[str]) -> list[str]:

@@ -35,6 +35,7 @@ from .. import freshness
 
 _UNIT_FILES = (
     "/etc/systemd/system/nixfleet-agent.service",  # NixOS module (a symlink into the store)
+    "/Library/LaunchDaemons/com.nixfleet.agent.plist",  # nix-darwin module (a copy, not a link)
     "~/Library/LaunchAgents/com.nixfleet.agent.plist",  # Home Manager module on macOS
     "~/.config/systemd/user/nixfleet-agent.service",  # Home Manager on Linux
 )
