@@ -84,10 +84,12 @@ def sandboxed(argv: Sequence[str]) -> list[str]:
         return [shutil.which("unshare") or "unshare", "--net", "--", "/bin/sh", "-c", f'"{ip}" link set lo up && exec "$@"', "sh", *as_nobody(argv)]
     if not shutil.which("unshare"):
         raise Unavailable("unshare (util-linux) is needed")
-    probe = subprocess.run(["unshare", "--user", "--map-current-user", "--net", "true"], capture_output=True)
+    probe = subprocess.run(["unshare", "--user", "--map-current-user", "--net", ip, "link", "set", "lo", "up"],
+                           capture_output=True)
     if probe.returncode != 0:
-        raise Unavailable("cannot make a network namespace without root (unshare --user --net: "
-                          f"{probe.stderr.decode().strip()})")
+        # e.g. inside a container whose capability bounding set lacks CAP_NET_ADMIN (dev/fresh-debian)
+        raise Unavailable("cannot make a network namespace with loopback up without root (unshare --user --net "
+                          f"+ ip link set lo up: {probe.stderr.decode().strip()})")
     return [shutil.which("unshare") or "unshare", "--user", "--map-current-user", "--net", "--", "/bin/sh", "-c",
             f'"{ip}" link set lo up && exec "$@"', "sh", *argv]
 
