@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -70,7 +71,9 @@ def test_cli_dashboard_bad_token_file_is_one_line(tmp_path):
 
 def test_cli_dashboard_without_websockets_names_dev_dashboard(tmp_path):
     # -S: no site-packages, like Debian's python3 where websockets lives only in dev/test's venv
+    # and no PYTHONPATH (the nixpkgs check phase puts websockets there)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-S", str(DASHBOARD), "--token-file", str(tmp_path / "t")],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "'websockets' is not installed" in proc.stderr and "./dev/dashboard" in proc.stderr

@@ -25,6 +25,8 @@ def test_dev_scripts_are_shellcheck_clean() -> None:
 
 
 def test_suite_path_starts_with_the_agents_scripts_dir() -> None:
+    if not (ROOT / "dev" / "test").exists():
+        pytest.skip("no dev/test in this tree (the package's check phase has only agent/ and tests)")
     python = subprocess.run([str(ROOT / "dev" / "test"), "--print-python"], capture_output=True, text=True, check=True)
     interpreter = python.stdout.strip()
     probe = subprocess.run([interpreter, "-c", "import importlib.metadata as m; m.distribution('nixfleet-agent')"],
