@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from nixfleet_agent import operations
+from nixfleet_agent.ops import operations
 from nixfleet_agent.commands import agentpkg, rebuild
 
 

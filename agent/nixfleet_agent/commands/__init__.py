@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import operations, oplog, runner
+from .. import runner
+from ..ops import operations, oplog
 from ..redact import redact
 from ..runner import Result
 

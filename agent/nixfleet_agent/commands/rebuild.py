@@ -22,7 +22,8 @@ import os
 import re
 from pathlib import Path
 
-from .. import flakeupdate, nix, operations
+from .. import flakeupdate, nix
+from ..ops import operations
 from .. import log as logmod
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .privatefs import ensure_private_dir
+from ..privatefs import ensure_private_dir
 
 KEEP = 20
 CHUNK_BUFFER = 64 * 1024

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import log as logmod
+from .. import log as logmod
 from .oplog import logs_dir
-from .privatefs import ensure_private_dir, write_private
-from .runner import CHUNK, LineSplitter, Result, child_env
+from ..privatefs import ensure_private_dir, write_private
+from ..runner import CHUNK, LineSplitter, Result, child_env
 
 _log = logmod.get("operations")
 
