@@ -34,14 +34,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from .. import log as logmod
-from .oplog import logs_dir
+from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
 from ..privatefs import ensure_private_dir, write_private
 from ..runner import CHUNK, LineSplitter, Result, child_env
+
+# the journal's API, re-exported: callers keep using ``operations.save`` etc.
+__all__ = ["Operation", "load_all", "mark_reported", "ops_dir", "prune", "save", "unreported", "valid_id"]
 
 _log = logmod.get("operations")
 
@@ -72,75 +74,6 @@ with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump(out, f)
 os.replace(tmp, res)
 """
-
-
-@dataclass
-class Operation:
-    id: str
-    command: str  # the dashboard's command name (switch, pull-switch, rollback, force-update, ...)
-    action: str  # switch | rollback (what the privileged side is asked to do)
-    argv: list[str]
-    launcher: str  # detached | privileged
-    log_path: str
-    result_path: str
-    cwd: str = ""
-    commit: str = ""
-    pre_generation: str = ""
-    pre_system: str = ""
-    agent_before: str = ""
-    flake_attr: str = ""
-    refresh: bool = False  # privileged: build bypassing Nix's negative narinfo cache (force-*)
-    update_lock: bool = False  # privileged force-update: root refreshes the agent's input before building
-    pid: int | None = None
-    started_at: float = field(default_factory=time.time)
-    reported: bool = False
-
-
-def ops_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / "operations"
-
-
-def save(state_dir: Path, op: Operation) -> None:
-    write_private(ops_dir(state_dir) / f"{op.id}.json", json.dumps(asdict(op), indent=1), durable=True)
-
-
-def load_all(state_dir: Path) -> list[Operation]:
-    """All readable operation records, oldest first; a corrupt record is logged and skipped."""
-    out: list[Operation] = []
-    try:
-        paths = sorted(ops_dir(state_dir).glob("*.json"))
-    except OSError:
-        return out
-    names = set(Operation.__dataclass_fields__)
-    for path in paths:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            out.append(Operation(**{k: v for k, v in data.items() if k in names}))
-        except (OSError, ValueError, TypeError) as exc:
-            _log.warn("operation_record_unreadable", file=str(path), error=str(exc))
-    return out
-
-
-def unreported(state_dir: Path) -> list[Operation]:
-    return [op for op in load_all(state_dir) if not op.reported]
-
-
-def mark_reported(state_dir: Path, op: Operation) -> None:
-    op.reported = True
-    save(state_dir, op)
-    prune(state_dir)
-
-
-def prune(state_dir: Path, keep: int = 20) -> None:
-    """Keep the newest ``keep`` reported records (with their result/offset files)."""
-    done = [op for op in load_all(state_dir) if op.reported]
-    directory = ops_dir(state_dir)
-    for op in done[: max(0, len(done) - keep)]:
-        for suffix in (".json", ".result", ".offset"):
-            try:
-                (directory / f"{op.id}{suffix}").unlink()
-            except OSError:
-                pass
 
 
 def read_result(path: Path) -> Result | None:
@@ -256,11 +189,8 @@ def rejected_path(privileged_dir: Path) -> Path:
 
 
 def paths_for(state_dir: Path, privileged_dir: Path, op_id: str, launcher: str) -> tuple[Path, Path]:
-    """(log, result) paths for an operation under the given launcher."""
-    if launcher == "privileged":
-        base = Path(privileged_dir) / op_id
-        return base / "output.log", base / "result.json"
-    return logs_dir(state_dir) / f"{op_id}.log", ops_dir(state_dir) / f"{op_id}.result"
+    """(log, result) paths for an operation under the given launcher (the journal's one rule)."""
+    return expected_paths(state_dir, op_id, launcher, privileged_dir)
 
 
 def load_offset(state_dir: Path, op: Operation) -> int:
