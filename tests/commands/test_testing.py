@@ -73,3 +73,12 @@ def test_agent_shutdown_mid_test_reports_it_before_exiting(session, fleet_repo) 
     status = session.status_of("test", mark, timeout=5).payload
     assert status["status"] == "stopped" and status["message"].startswith("stopped by agent shutdown"), status
     assert "never" not in session.lines(session.dash.messages(since=mark))
+
+
+def test_without_a_repository_is_an_error_not_success(session, tmp_path) -> None:
+    """Issue 13 item 6: nothing was looked at, so Tests must not turn green."""
+    session.start(NIXFLEET_REPO_URL=str(tmp_path / "no-such-origin"))
+    status, _ = session.run("test")
+    assert status["status"] == "error" and "repository not ready" in status["message"]
+    hb = session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=10)
+    assert hb.payload["update_status"]["tests"]["status"] != "ok"
