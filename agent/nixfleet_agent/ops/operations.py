@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import log as logmod
+from . import liveness
 from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
 from ..privatefs import ensure_private_dir, write_private
 from ..runner import CHUNK, LineSplitter, Result, child_env
@@ -50,6 +51,7 @@ _log = logmod.get("operations")
 FOLLOW_TICK = 0.05
 OFFSET_SAVE_EVERY = 1.0
 PICKUP_TIMEOUT = 60.0  # privileged request not consumed within this -> the root unit is missing
+LIVENESS_EVERY = 2.0  # how often a privileged follow asks systemd whether the root unit still runs
 
 # Runs as `python -c WRAPPER <result> <log> <cwd> argv...`; must stay dependency-free.
 WRAPPER = r"""
@@ -229,6 +231,7 @@ def follow(
     unreadable = False
     fh = None
     waited_since = time.monotonic()
+    checked_at, dead = time.monotonic(), 0
     try:
         while True:
             if fh is None and not unreadable:
@@ -285,6 +288,18 @@ def follow(
                 refusal = _rejection(rejected_path(Path(op.log_path).parent.parent), op)
                 if refusal is not None and not request_path.exists():
                     return Result(exit_code=2, start_error=f"privileged switch request rejected: {refusal}")
+            if (op.launcher == "privileged" and request_path is not None and not request_path.exists()
+                    and time.monotonic() - checked_at >= LIVENESS_EVERY):
+                checked_at = time.monotonic()
+                state = liveness.unit_state()
+                dead = dead + 1 if liveness.ended(state) else 0
+                if dead >= 2 and read_result(result_path) is None:  # twice: never a unit between requests
+                    splitter.close()
+                    save_offset(state_dir, op, offset - splitter.pending_bytes())
+                    state = state or {}
+                    return Result(exit_code=1, start_error=(
+                        f"the privileged unit {liveness.PRIVILEGED_UNIT} ended without a result "
+                        f"(ActiveState={state.get('ActiveState')}, Result={state.get('Result', '?')})"))
             if stop_event.wait(FOLLOW_TICK):
                 save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return None
