@@ -93,8 +93,11 @@ _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "outbox_max": ("NIXFLEET_OUTBOX_MAX", "int", (100, 1_000_000)),
     "stop_grace": ("NIXFLEET_STOP_GRACE", "int", (0, 600)),
     "restart_exit_code": ("NIXFLEET_RESTART_EXIT_CODE", "int", (0, 255)),
+    "op_log_max_mb": ("NIXFLEET_OP_LOG_MAX_MB", "int", (1, 10240)),
 }
 ENV_VARS = {key: spec[0] for key, spec in _SPECS.items()}
+_UNITS = {"outbox_max": "messages", "op_log_max_mb": "MiB", "update_attempts": "attempts",
+          "restart_exit_code": "an exit status"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class Config:
     outbox_max: int = 10000
     stop_grace: int = 3
     restart_exit_code: int = 101
+    op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
     config_file: str = ""
 
     @property
@@ -194,7 +198,7 @@ def _convert(key: str, raw: Any, where: str, problems: list[str]) -> Any:
         try:
             value = int(str(raw).strip(), 10)
         except ValueError:
-            problems.append(f"{where}: must be an integer number of {'seconds' if key != 'outbox_max' else 'messages'} (got {_show(raw)!r})")
+            problems.append(f"{where}: must be an integer number of {_UNITS.get(key, 'seconds')} (got {_show(raw)!r})")
             return None
         if bounds and not bounds[0] <= value <= bounds[1]:
             problems.append(f"{where}: must be between {bounds[0]} and {bounds[1]} (got {_show(raw)!r})")
@@ -404,6 +408,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         outbox_max=values.get("outbox_max", 10000),
         stop_grace=values.get("stop_grace", 3),
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),
+        op_log_max_mb=values.get("op_log_max_mb", 50),
         config_file=config_path,
     )
 

@@ -82,3 +82,18 @@ def test_without_a_repository_is_an_error_not_success(session, tmp_path) -> None
     assert status["status"] == "error" and "repository not ready" in status["message"]
     hb = session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=10)
     assert hb.payload["update_status"]["tests"]["status"] != "ok"
+
+
+def test_op_log_is_bounded_by_size_with_a_visible_marker(session, fleet_repo) -> None:
+    """Issue 13 item 5: op logs have a size bound (setting op_log_max_mb), not only a count."""
+    from pathlib import Path
+
+    add_tests(fleet_repo, {"T01-chatty.sh": "i=0; while [ $i -lt 30000 ]; do echo \"line $i $(printf '%060d' 0)\"; i=$((i+1)); done"})
+    session.start(NIXFLEET_OP_LOG_MAX_MB="1")
+    status, records = session.run("test", timeout=60)
+    assert status["status"] == "ok"
+    assert any(line.startswith("line 29999 ") for line in session.lines(records))  # the stream is complete
+    logs = sorted((Path(session.agent.env["NIXFLEET_STATE_DIR"]) / "logs").glob("*.log"))
+    text = logs[-1].read_text()
+    assert logs[-1].stat().st_size <= 1024 * 1024 + 200
+    assert "log truncated at 1048576 bytes" in text and "line 29999 " not in text
