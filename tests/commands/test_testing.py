@@ -97,3 +97,30 @@ def test_op_log_is_bounded_by_size_with_a_visible_marker(session, fleet_repo) ->
     text = logs[-1].read_text()
     assert logs[-1].stat().st_size <= 1024 * 1024 + 200
     assert "log truncated at 1048576 bytes" in text and "line 29999 " not in text
+
+
+def test_a_background_grandchild_ends_with_the_test(session, fleet_repo, tmp_path) -> None:
+    """Issue 13 item 5: the finished script's process group is ended, also a grandchild holding the pipe."""
+    import os
+
+    from support import wait_for
+
+    pidfile = tmp_path / "grandchild.pid"
+    add_tests(fleet_repo, {"T01-bg.sh": f"sleep 300 & echo $! > {pidfile}; echo started"})
+    session.start()
+    status, _ = session.run("test", timeout=30)
+    assert status["status"] == "ok"
+    pid = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except FileNotFoundError:
+            return True
+
+    try:
+        wait_for(gone, 5, "the background grandchild to be ended")
+    finally:
+        if not gone():
+            os.kill(pid, 9)

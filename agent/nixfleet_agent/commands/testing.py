@@ -25,7 +25,9 @@ def test(job: Job) -> None:
     cfg = ctx.cfg
     tests_dir = job.repo_path / "hosts" / cfg.hostname / "tests"
     repo = ctx.repo
-    if repo is None or (not repo.ready() and (repo.last_error or not repo.path.is_dir())):
+    unusable = (not job.repo_path.is_dir() if repo is None  # no repo module in this build: the dir as is
+                else not repo.ready() and bool(repo.last_error or not repo.path.is_dir()))
+    if unusable:
         why = (repo.last_error if repo is not None and repo.last_error else f"no repository at {job.repo_path}")
         job.progress("tests", 0, 8, "error")
         job.err(f"❌ Cannot run tests: repository not ready ({why})")
