@@ -58,10 +58,12 @@ def snapshot(state_dir: Path) -> dict[str, Any]:
     exactly then, so it shows what it can and never raises.
     """
     data = read_state(state_dir)
-    raw_comp = data.get("compartments") if isinstance(data.get("compartments"), dict) else {}
-    compartments = {}
+    found = data.get("compartments")
+    raw_comp: dict[str, Any] = found if isinstance(found, dict) else {}
+    compartments: dict[str, dict[str, str]] = {}
     for name in COMPARTMENTS:
-        entry = raw_comp.get(name) if isinstance(raw_comp.get(name), dict) else {}
+        value = raw_comp.get(name)
+        entry: dict[str, Any] = value if isinstance(value, dict) else {}
         compartments[name] = {k: _text(entry.get(k)) for k in ("status", "message", "checked_at")}
     last = data.get("last_command")
     last_command: dict[str, Any] | None = None
