@@ -60,6 +60,12 @@
         default = self.nixosModules.nixfleet-agent;
       };
 
+      # nix-darwin hosts: the agent as a daemon of its own user, switches by a root daemon.
+      darwinModules = {
+        nixfleet-agent = withPackage ./modules/darwin.nix;
+        default = self.darwinModules.nixfleet-agent;
+      };
+
       # Home Manager's current name for module outputs; `homeManagerModules` is the older one,
       # kept as an alias of the very same modules (the key deduplicates any mix of the two).
       homeModules = {

@@ -60,27 +60,7 @@ let
 in
 {
   options.services.nixfleet-agent = shared.options // {
-    watchdog = {
-      enable = lib.mkOption {
-        type = lib.types.bool;
-        default = true;
-        description = ''
-          Whether to run the macOS watchdog, a launchd job that every 30 s loads the agent if
-          it is not loaded, starts it if it is not running, and restarts it if it stopped
-          touching its liveness file. No effect on Linux, where systemd restarts the service.
-        '';
-      };
-
-      maxAge = lib.mkOption {
-        type = lib.types.ints.positive;
-        default = 120;
-        description = ''
-          Seconds after which a running agent whose liveness file ({file}`alive` in its state
-          directory, touched at every heartbeat) was not touched counts as hung and is
-          restarted. Keep it several times {option}`services.nixfleet-agent.interval`.
-        '';
-      };
-    };
+    watchdog = shared.watchdogOptions;
   };
 
   config = lib.mkIf cfg.enable (

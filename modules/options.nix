@@ -177,8 +177,8 @@ in
     };
   };
 
-  # NixOS only: the root side of the privileged switch channel, and who runs the agent in the
-  # deprecated legacy mode. (Home Manager has no root side.)
+  # NixOS and nix-darwin: the root side of the privileged switch channel; NixOS only: who runs
+  # the agent in the deprecated legacy mode. (Home Manager has no root side.)
   nixosOptions = {
     configRepoUser = mkOption {
       type = types.nullOr types.str;
@@ -221,6 +221,29 @@ in
         default = 20;
         description = "Number of per-request result directories (build logs) the privileged unit keeps.";
       };
+    };
+  };
+
+  # macOS only (Home Manager's launchd agent and the nix-darwin daemon): the liveness watchdog.
+  watchdogOptions = {
+    enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether to run the macOS watchdog, a launchd job that every 30 s loads the agent if
+        it is not loaded, starts it if it is not running, and restarts it if it stopped
+        touching its liveness file. No effect on Linux, where systemd restarts the service.
+      '';
+    };
+
+    maxAge = mkOption {
+      type = types.ints.positive;
+      default = 120;
+      description = ''
+        Seconds after which a running agent whose liveness file ({file}`alive` in its state
+        directory, touched at every heartbeat) was not touched counts as hung and is
+        restarted. Keep it several times {option}`services.nixfleet-agent.interval`.
+      '';
     };
   };
 

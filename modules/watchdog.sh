@@ -1,14 +1,18 @@
 #!/bin/sh
-# NixFleet agent watchdog for macOS (run by launchd every 30 s, see modules/home-manager.nix).
+# NixFleet agent watchdog for macOS (run by launchd every 30 s, see modules/home-manager.nix and
+# modules/darwin.nix).
 #
-#   watchdog.sh LABEL PLIST ALIVE_FILE MAX_AGE_SECONDS
+#   watchdog.sh LABEL PLIST ALIVE_FILE MAX_AGE_SECONDS [DOMAIN]
+#
+# DOMAIN is the launchd domain of the agent: gui/<uid of the caller> (the default, the Home
+# Manager launchd agent) or system (the nix-darwin daemon; the watchdog then runs as root).
 #
 # launchd's KeepAlive restarts an agent that exits, but not one that was booted out (e.g.
 # by an interrupted Home Manager activation) or one that hangs. So:
-#   not loaded                        -> launchctl bootstrap gui/<uid> PLIST
-#   loaded, not running               -> launchctl kickstart gui/<uid>/LABEL
+#   not loaded                        -> launchctl bootstrap DOMAIN PLIST
+#   loaded, not running               -> launchctl kickstart DOMAIN/LABEL
 #   running, ALIVE_FILE older than MAX_AGE (the agent touches it at every heartbeat)
-#                                     -> launchctl kickstart -k gui/<uid>/LABEL
+#                                     -> launchctl kickstart -k DOMAIN/LABEL
 #   otherwise                         -> nothing (and no log line)
 # Every action is logged as one key=value line saying what was found and done. Exit status: 0 when the
 # agent is (being) brought up, 1 when an action failed, 2 on bad arguments.
@@ -29,8 +33,8 @@ log() {
 }
 
 label=${1:-}
-if [ "$#" -ne 4 ]; then
-  log error usage "got=$#" 'expected="LABEL PLIST ALIVE_FILE MAX_AGE_SECONDS"'
+if [ "$#" -ne 4 ] && [ "$#" -ne 5 ]; then
+  log error usage "got=$#" 'expected="LABEL PLIST ALIVE_FILE MAX_AGE_SECONDS [DOMAIN]"'
   exit 2
 fi
 plist=$2
@@ -43,7 +47,14 @@ case $max_age in
     ;;
 esac
 
-domain="gui/$(id -u)"
+domain=${5:-gui/$(id -u)}
+case $domain in
+  system | gui/[0-9]*) ;;
+  *)
+    log error usage "domain=\"$domain\"" 'reason="DOMAIN must be system or gui/<uid>"'
+    exit 2
+    ;;
+esac
 target="$domain/$label"
 
 # mtime of a file in seconds since the epoch: GNU stat first (no output on BSD, where -c is
@@ -54,7 +65,7 @@ mtime() {
 
 if ! info=$(launchctl print "$target" 2>/dev/null); then
   if [ ! -f "$plist" ]; then
-    log error not-loaded action=none "plist=\"$plist\"" 'reason="plist missing; run home-manager switch"'
+    log error not-loaded action=none "plist=\"$plist\"" 'reason="plist missing; run home-manager switch or darwin-rebuild switch"'
     exit 1
   fi
   if out=$(launchctl bootstrap "$domain" "$plist" 2>&1); then

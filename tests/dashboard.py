@@ -39,9 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+try:
+    from websockets.asyncio.server import Server, ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Request, Response
+except ModuleNotFoundError as missing:
+    if __name__ != "__main__":
+        raise
+    # run as a program by an interpreter without the package (Debian's python3: it is in dev/test's venv)
+    sys.exit(f"tests/dashboard.py: the Python package {missing.name!r} is not installed for {sys.executable}; "
+             "run ./dev/dashboard instead (same arguments; it uses the environment ./dev/test set up)")
 
 MAX_SIZE = 512 * 1024
 
@@ -405,9 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", help="hostname for --command")
     parser.add_argument("--exit-after-status", action="store_true", help="exit 0/1 after the command's status")
     args = parser.parse_args(argv)
-    with open(args.token_file, encoding="utf-8") as handle:
-        text = handle.read().strip()
+    try:
+        with open(args.token_file, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"--token-file {args.token_file}: {getattr(exc, 'strerror', None) or exc}")
     token = text.split("=", 1)[1].strip() if text.startswith("NIXFLEET_TOKEN=") else text
+    if not token:
+        parser.error(f"--token-file {args.token_file}: holds no token")
     context = None
     if args.tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

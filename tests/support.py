@@ -8,11 +8,14 @@ Stable API used by every test tier (documented in tests/conftest.py):
   ``.wait_event(name)``, ``.stop()`` (SIGTERM, returns the exit code), ``.kill()``.
 * ``make_fleet_repo(path, hostname)`` - a git repo with ``flake.nix``, ``flake.lock`` and one commit.
 * ``agent_env(dashboard, state_dir, **overrides)`` - a minimal environment for the agent.
+* ``python_env(env)`` - ``env`` plus the ``PYTHONPATH`` a child Python needs to import what this test
+  process imports (``run_cli`` and ``AgentProcess`` apply it to every environment they are given).
 * ``parse_log_line(line)`` - ``{"level": ..., "component": ..., "event": ..., ...}``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -70,13 +73,38 @@ def make_fleet_repo(path: Path, hostname: str = TEST_HOST) -> Path:
     return path
 
 
+def package_root() -> Path:
+    """The directory this test process imports ``nixfleet_agent`` from (the checkout's ``agent/``, or
+    the installed site-packages under nixpkgs' check phase), so a child runs the same code."""
+    spec = importlib.util.find_spec("nixfleet_agent")
+    if spec is None or not spec.submodule_search_locations:
+        return AGENT_SRC
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+
+
+def python_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` plus the ``PYTHONPATH`` a child agent needs.
+
+    nixpkgs' pytestCheckHook runs the tests with the bare interpreter: the package and its
+    dependencies (websocket-client) reach Python only through ``PYTHONPATH``. A child whose
+    environment drops it, or replaces it with just the source directory, dies with
+    ModuleNotFoundError there although it works wherever the dependencies sit in site-packages.
+    So: the package root first, then the caller's entries, then this process's."""
+    entries = [str(package_root())]
+    for raw in (env.get("PYTHONPATH", ""), os.environ.get("PYTHONPATH", "")):
+        entries += [p for p in raw.split(os.pathsep) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(entries))}
+
+
+NIX_PASSTHROUGH = ("NIX_REMOTE", "NIX_CONF_DIR", "NIX_STORE_DIR", "NIX_STATE_DIR")
+
+
 def agent_env(url: str, state_dir: Path, *, token: str | None = TEST_TOKEN, **overrides: str) -> dict[str, str]:
-    """Environment for an agent under test: fast cadence, private state dir, nothing inherited but PATH."""
+    """Environment for an agent under test: fast cadence, private state dir, nothing inherited but PATH (and which Nix store)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(state_dir.parent),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(AGENT_SRC), os.environ.get("PYTHONPATH", "")) if p),
         "PYTHONUNBUFFERED": "1",
         "NIXFLEET_URL": url,
         "NIXFLEET_HOSTNAME": TEST_HOST,
@@ -90,8 +118,10 @@ def agent_env(url: str, state_dir: Path, *, token: str | None = TEST_TOKEN, **ov
     }
     if token is not None:
         env["NIXFLEET_TOKEN"] = token
+    # which Nix store to use (dev/test gives a non-root user without a daemon a store of its own)
+    env.update({k: os.environ[k] for k in NIX_PASSTHROUGH if k in os.environ})
     env.update({k: v for k, v in overrides.items() if v is not None})
-    return env
+    return python_env(env)
 
 
 def parse_log_line(line: str) -> dict[str, str]:
@@ -113,7 +143,7 @@ class AgentProcess:
 
     def __init__(self, env: Mapping[str, str], args: Sequence[str] = (), log_path: Path | None = None,
                  cwd: Path | None = None) -> None:
-        self.env = dict(env)
+        self.env = python_env(env)
         self.args = list(args)
         state = Path(self.env.get("NIXFLEET_STATE_DIR", "."))
         self.log_path = log_path or state.parent / f"agent-{time.monotonic_ns()}.log"
@@ -187,7 +217,7 @@ class AgentProcess:
 
 def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run ``nixfleet-agent <args>`` to completion (for check/status/--version/config errors)."""
-    return subprocess.run([sys.executable, "-m", "nixfleet_agent.cli", *args], env=dict(env),
+    return subprocess.run([sys.executable, "-m", "nixfleet_agent.cli", *args], env=python_env(env),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

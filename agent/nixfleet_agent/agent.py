@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import buildinfo, log, protocol
-from .backoff import Backoff
+from . import buildinfo, log
+from .link import protocol
+from .link.backoff import Backoff
 from .config import Config
-from .connection import Connection
+from .link.session import Connection
 from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
-from .outbox import Message, Outbox
+from .link.journal import Journal
+from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
 from .status import StatusStore, now_rfc3339
@@ -30,6 +32,7 @@ from .status import StatusStore, now_rfc3339
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
 SHUTDOWN_COMMAND_WAIT = 5.0  # seconds a running command gets to record where it got to on shutdown
+EXIT_SIGINT = 130  # Ctrl-C in a terminal: 128 + SIGINT, as a shell reports an interrupted program
 
 
 def _optional_module(name: str) -> Any | None:
@@ -51,7 +54,7 @@ class Agent:
         os.umask(0o077)
         ensure_private_dir(cfg.state_dir)
         self.status = StatusStore(cfg.state_dir, cfg.git_timeout)
-        self.outbox = Outbox(cfg.outbox_max)
+        self.outbox = Outbox(cfg.outbox_max, journal=Journal(cfg.state_dir))
         self.repo = self._make_repo()
         self.facts: RepoFacts = self.repo if self.repo is not None else LocalRepoFacts(cfg.repo_dir)
         self.reporter = Reporter(self.outbox, self.status, generation=self.facts.generation, stop=self.stop_event)
@@ -65,7 +68,8 @@ class Agent:
             on_registered=self._registered,
             stop=self.stop_event,
         )
-        self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit)
+        self.reporter.bind(heartbeat_now=self._hb_wake.set, reconnect=self.connection.reconnect, exit=self._exit,
+                           heartbeat_sync=self._send_heartbeat)
         self._threads: list[threading.Thread] = []
         self._wake_r = self._wake_w = -1
 
@@ -159,14 +163,18 @@ class Agent:
                 if next_due < time.monotonic():
                     next_due = time.monotonic() + interval
             _touch(alive)
-            if not self.connection.registered:
-                continue
-            try:
-                payload = self.heartbeat.heartbeat_payload()
-            except Exception as exc:  # noqa: BLE001 - never let one bad sample stop heartbeats
-                _log.error("heartbeat_failed", error=str(exc)[:200])
-                continue
-            self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
+            self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        """Queue one heartbeat if registered (the ticker, and the post-switch flush in its caller)."""
+        if not self.connection.registered:
+            return
+        try:
+            payload = self.heartbeat.heartbeat_payload()
+        except Exception as exc:  # noqa: BLE001 - never let one bad sample stop heartbeats
+            _log.error("heartbeat_failed", error=str(exc)[:200])
+            return
+        self.outbox.put(Message("heartbeat", protocol.encode("heartbeat", payload), durable=False), self.stop_event)
 
     def _prepare_repo(self) -> None:
         """Validate or clone before connecting, so the first commands find the clone in place, but
@@ -235,6 +243,7 @@ class Agent:
             "starting",
             version=buildinfo.version(),
             source_commit=buildinfo.source_commit(),
+            wire_agent_version=protocol.UPSTREAM_PROTOCOL_VERSION,
             host=self.cfg.hostname,
             url=self.cfg.url,
             repo_dir=str(self.cfg.repo_dir),
@@ -294,7 +303,17 @@ class Agent:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
         def handler(signum: int, _frame: object) -> None:
-            _log.info("signal", name=signal.Signals(signum).name)
+            if signum == signal.SIGINT:
+                log.end_terminal_echo()
+            name = signal.Signals(signum).name
+            if self.stop_event.is_set():  # a second Ctrl-C / SIGTERM: stop waiting for the command
+                _log.warn("stop_now", signal=name, hint="ending the running command's process group now")
+                if self.dispatcher is not None:
+                    self.dispatcher.kill_now()
+                return
+            _log.info("signal", name=name)
+            if signum == signal.SIGINT and self.exit_code == 0:
+                self.exit_code = EXIT_SIGINT
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)

@@ -1,7 +1,8 @@
 """``nixfleet-agent``: run (default), ``check``, ``status``, ``--version``, ``--help``.
 
-Exit status: 0 ok, 1 check failed / runtime failure, 2 configuration error (one line per problem,
-never a traceback). ``--version`` keeps upstream's load-bearing first line ``nixfleet-agent <version>``.
+Exit status: 0 ok, 1 check failed / runtime failure / ``status`` without a readable state directory,
+2 configuration error (one line per problem, never a traceback; ``check`` too), 130 stopped by
+Ctrl-C (SIGINT) in a terminal. ``--version`` keeps upstream's load-bearing first line ``nixfleet-agent <version>``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def avoid_tls_libraries(url: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Ctrl-C before the agent's own handlers are in place (startup, ``check``) ends quietly with 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        log.end_terminal_echo()
+        print("nixfleet-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         print(f"nixfleet-agent {buildinfo.version()}")
@@ -101,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nixfleet-agent: config error: {problem}", file=sys.stderr)
         if command == "check":
             print(f"FAILED: configuration invalid ({len(exc.problems)} problem(s))")
-            return 1
         return EXIT_CONFIG
     os.environ.pop("NIXFLEET_TOKEN", None)  # held in cfg now: no child process inherits it
     log.setup(cfg.log_level)
@@ -122,35 +132,66 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(cfg: Config) -> int:
-    from .connection import AuthError, describe, dial
+    from .link.session import AuthError, describe, dial
+    from .redact import redact
 
+    url = redact(cfg.url)  # check output is a boundary too: no userinfo of the dashboard URL
     started = time.monotonic()
     try:
         ws = dial(cfg)
     except AuthError as exc:
-        print(f"FAILED: {cfg.url} rejected the token (HTTP {exc.status})")
+        print(f"FAILED: {url} rejected the token (HTTP {exc.status})")
         return 1
     except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-        print(f"FAILED: cannot connect to {cfg.url}: {describe(exc)}")
+        print(f"FAILED: cannot connect to {url}: {describe(exc)}")
         return 1
     latency = int((time.monotonic() - started) * 1000)
     try:
         ws.close(timeout=2)
     except Exception:  # noqa: BLE001
         pass
-    print(f"OK: config valid; authenticated WebSocket to {cfg.url} as {cfg.hostname} ({latency} ms)")
+    print(f"OK: config valid; authenticated WebSocket to {url} as {cfg.hostname} ({latency} ms)")
     return 0
 
 
 def _status(overrides: dict[str, str], as_json: bool) -> int:
     from .status import snapshot
 
-    state = snapshot(state_dir_only(overrides, os.environ))
+    state_dir = state_dir_only(overrides, os.environ)
+    problem = _unreadable(state_dir)
+    if problem:
+        print(f"nixfleet-agent: state directory {state_dir} {problem} "
+              f"(from {_state_dir_source(overrides)}); nothing to show", file=sys.stderr)
+        return 1
+    state = snapshot(state_dir)
     if as_json:
         print(json.dumps(state, indent=2, sort_keys=True, default=str))
         return 0
     print(_human(state))
     return 0
+
+
+def _unreadable(state_dir: Path) -> str:
+    """Why ``status`` cannot read ``state_dir``, or "" (it exists and may be listed)."""
+    try:
+        if not state_dir.is_dir():
+            return "does not exist" if not state_dir.exists() else "is not a directory"
+        os.listdir(state_dir)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc} (run as the agent's user or root)"
+    return ""
+
+
+def _state_dir_source(overrides: dict[str, str]) -> str:
+    """The setting that chose the state directory, named so the user knows what to change."""
+    if overrides.get("state_dir"):
+        return "--state-dir"
+    if os.environ.get("NIXFLEET_STATE_DIR"):
+        return "NIXFLEET_STATE_DIR"
+    config = overrides.get("config") or os.environ.get("NIXFLEET_CONFIG", "")
+    if config:
+        return f"state_dir in {config} or its default"
+    return "the default; set state_dir / NIXFLEET_STATE_DIR / --state-dir to the agent's"
 
 
 def _human(state: dict[str, Any]) -> str:

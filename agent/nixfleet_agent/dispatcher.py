@@ -24,10 +24,12 @@ from types import ModuleType
 from . import log as logmod
 from .ops import operations
 from .commands import Context, Job
+from .controlqueue import ControlQueue
 
 _log = logmod.get("dispatcher")
 
 KILL_GRACE = 5.0  # kill_command's SIGTERM -> SIGKILL escalation (upstream 5 s; stop uses cfg.stop_grace)
+SHUTDOWN_KILL_AFTER = 3.0  # agent shutdown: SIGTERM -> SIGKILL of an attached command group
 
 
 def _registry() -> ModuleType:
@@ -49,6 +51,7 @@ class Dispatcher:
         self._signal: int | None = None  # the last signal *we* sent to the current job
         self._job: Job | None = None
         self._worker: threading.Thread | None = None
+        self._control = ControlQueue()  # stop/kill/restart/reboot and escalations: one thread, coalesced
         watcher = threading.Thread(target=self._on_shutdown, name="dispatcher-shutdown", daemon=True)
         watcher.start()
 
@@ -57,8 +60,9 @@ class Dispatcher:
     def on_command(self, name: str) -> None:
         name = (name or "").strip()
         if name in ("stop", "kill", "restart", "reboot"):
-            # Own short-lived thread each: their reporting may wait on a full Outbox (restart
-            # drains it), and the connection thread must keep reading meanwhile.
+            # On the control thread: their reporting may wait on a full Outbox (restart drains
+            # it), and the connection thread must keep reading meanwhile. A repeat of a request
+            # still pending is coalesced into it.
             _log.info("command_received", command=name, busy=self._current or "")
             handler: Callable[[Context], None] = {
                 "stop": lambda _ctx: self.stop(),
@@ -66,7 +70,7 @@ class Dispatcher:
                 "restart": lambda ctx: _registry().restart(ctx),
                 "reboot": lambda ctx: _registry().reboot(ctx),
             }[name]
-            threading.Thread(target=self._guard, args=(name, handler), name=name, daemon=True).start()
+            self._control.submit(name, lambda: self._guard(name, handler))
             return
         with self._lock:
             if self._current is not None:
@@ -84,8 +88,8 @@ class Dispatcher:
 
     def on_kill(self, signal_name: str, pid: int) -> None:
         """``kill_command`` (and the ``kill`` command): SIGTERM then SIGKILL, or SIGKILL at once."""
-        threading.Thread(target=self._guard, args=("kill", lambda _ctx: self._kill(signal_name, pid)),
-                         name="kill", daemon=True).start()
+        self._control.submit(("kill", signal_name, pid),
+                             lambda: self._guard("kill", lambda _ctx: self._kill(signal_name, pid)))
 
     def _kill(self, signal_name: str, pid: int) -> None:
         with self._lock:
@@ -197,7 +201,12 @@ class Dispatcher:
         worker = threading.Thread(target=self._work, args=(job, body), name=f"command-{name}"[:40], daemon=True)
         with self._lock:
             self._job, self._worker = job, worker
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError as exc:  # e.g. a task limit: the busy flag must not stay set for ever
+            _log.error("command_thread_start_failed", command=name, error=str(exc))
+            self._release(job)
+            self.ctx.reporter.status(name, "error", 1, f"cannot start the command: {exc}")
 
     def join(self, timeout: float) -> None:
         """Agent shutdown: give the running command time to wind down before the process exits.
@@ -256,9 +265,7 @@ class Dispatcher:
                 announce()
                 self._send(pid, signal.SIGKILL)
 
-        timer = threading.Timer(grace, fire)
-        timer.daemon = True
-        timer.start()
+        self._control.after(grace, ("escalate", pid), fire)  # one countdown per PID, no thread of its own
 
     def _say_for(self, command: str) -> Callable[[str], None]:
         def say(line: str) -> None:
@@ -278,6 +285,18 @@ class Dispatcher:
         if pid is not None and not detached:
             _log.info("terminating_child_on_shutdown", pid=pid)
             self._send(pid, signal.SIGTERM)
+            # a group that ignores SIGTERM must not outlive the agent: SIGKILL while there is still
+            # time (SHUTDOWN_KILL_AFTER < the agent's 5 s wait) to report how the command ended
+            self._escalate(pid, SHUTDOWN_KILL_AFTER,
+                           lambda: _log.warn("killing_child_on_shutdown", pid=pid, after_s=SHUTDOWN_KILL_AFTER))
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL the attached command's group at once (a detached switch is left alone)."""
+        with self._lock:
+            pid, detached = self._pid, self._detached
+        if pid is not None and not detached:
+            _log.warn("killing_child_on_shutdown", pid=pid, after_s=0)
+            self._send(pid, signal.SIGKILL)
 
 
 class _Tracker:

@@ -14,6 +14,11 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def package_dir() -> Path:
+    """The directory the running ``nixfleet_agent`` package was imported from."""
+    return _PACKAGE
+
+
 @cache
 def store_path() -> str:
     parts = _PACKAGE.parts
@@ -24,7 +29,13 @@ def store_path() -> str:
 
 @cache
 def code_hash() -> str:
-    """sha256 over (relative path, bytes) of every .py file and the build facts, in sorted order."""
+    """The hash of the code as it was when the agent started (what runs)."""
+    return tree_hash()
+
+
+def tree_hash() -> str:
+    """sha256 over (relative path, bytes) of every .py file and the build facts, in sorted order,
+    read now: compared with :func:`code_hash` it tells whether the package on disk changed."""
     digest = hashlib.sha256()
     files = sorted(p for p in _PACKAGE.rglob("*") if p.is_file() and (p.suffix == ".py" or p.name in ("VERSION", "SOURCE_COMMIT")))
     for path in files:

@@ -61,6 +61,32 @@ _ROOT_CAUSES = (
 )
 
 
+def state_fingerprint(repo: Path, *extra: Path) -> tuple[object, ...] | None:
+    """A value that changes whenever HEAD can have moved (and the ``extra`` files changed), read
+    with stat() alone - so an idle heartbeat need not start a ``git`` child to learn that nothing
+    changed. HEAD's text, and the stat of HEAD, the ref it names, packed-refs and a reftable's
+    table list cover every way git moves a branch. None (no cheap answer: a worktree whose ``.git``
+    is a file, an unreadable HEAD) means: ask git."""
+    git = repo / ".git"
+    try:
+        if not git.is_dir():
+            return None
+        head = (git / "HEAD").read_bytes()
+    except OSError:
+        return None
+    paths = [git / "HEAD", git / "packed-refs", git / "reftable" / "tables.list", *extra]
+    if head.startswith(b"ref: "):
+        paths.append(git / head[5:].strip().decode("utf-8", "replace"))
+    signature: list[object] = [head]
+    for path in paths:
+        try:
+            st = path.stat()
+            signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            signature.append(None)
+    return tuple(signature)
+
+
 class KeyFileError(Exception):
     """The SSH key is unusable; the message says which file and how to fix it."""
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from . import buildinfo, freshness, protocol
+from . import buildinfo, freshness
 from .config import Config
+from .link import protocol
 from .metrics import Metrics
 from .status import StatusStore
 
@@ -98,7 +99,7 @@ class Heartbeat:
         return protocol.register(
             hostname=self.cfg.hostname,
             host_type=self.cfg.host_type,
-            agent_version=buildinfo.version(),
+            own_version=buildinfo.version(),
             os_version=self.os_version,
             nixpkgs_version=self.nixpkgs_version,
             generation=self.repo.generation(),

@@ -1,7 +1,8 @@
 """One event per line, ``key=value`` on stderr, so journald/launchd logs stay greppable.
 
 Values containing spaces, quotes, ``=`` or control characters are double-quoted with escapes so a
-line always parses back unambiguously; ``Secret`` values render as ``***``.
+line always parses back unambiguously; ``Secret`` values render as ``***`` and credentials in URLs
+are redacted (``redact``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 
+from .redact import redact
 from .secret import Secret
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40}
@@ -33,7 +35,7 @@ def _quote(value: object) -> str:
     elif isinstance(value, bool):
         text = "true" if value else "false"
     else:
-        text = str(value)
+        text = redact(str(value))  # a URL's credentials never reach the journal
     if len(text) > _MAX_VALUE:
         text = text[:_MAX_VALUE] + f"...[{len(text) - _MAX_VALUE} more chars]"
     if text and all(c.isprintable() and c not in ' "=\\' for c in text):
@@ -81,6 +83,22 @@ class Logger:
 
     def error(self, event: str, **fields: object) -> None:
         self._emit("error", event, fields)
+
+
+def end_terminal_echo() -> None:
+    """Start the next log line on a fresh line when stderr is a terminal.
+
+    A terminal echoes Ctrl-C as ``^C`` where the cursor is, before the agent sees SIGINT; without a
+    newline the next event would read ``^Clevel=info ...`` and no longer parse as key=value.
+    Nothing is written to a pipe or the journal.
+    """
+    with _lock:
+        try:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def get(component: str) -> Logger:

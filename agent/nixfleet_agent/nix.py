@@ -51,3 +51,8 @@ def rebuild(program: Sequence[str], action: str, flake: str, *, refresh: bool = 
 def rollback(program: Sequence[str]) -> list[str]:
     """Back to the previous system generation (NixOS, nix-darwin)."""
     return [*program, "switch", "--rollback"]
+
+
+def reboot(*, darwin: bool, systemctl: str = "systemctl", shutdown: str = "/sbin/shutdown") -> list[str]:
+    """Reboot the host now: ``systemctl reboot`` on NixOS, ``shutdown -r now`` on macOS (run as root)."""
+    return [shutdown, "-r", "now"] if darwin else [systemctl, "reboot"]

@@ -93,6 +93,7 @@ class Repo:
         self.cfg = cfg
         self.isolated = bool(cfg.repo_url)
         self.path = Path(cfg.repo_dir) if str(cfg.repo_dir or "") else Path(cfg.state_dir) / "repo"
+        self._generation_cache: tuple[tuple[object, ...], str] | None = None
         self.broken_path = self.path.with_name(self.path.name + ".broken")
         self.branch = cfg.branch or "main"
         self.url = cfg.repo_url
@@ -182,7 +183,15 @@ class Repo:
         return sha if result.ok and len(sha) >= 40 else ""
 
     def generation(self) -> str:
-        return self.head()[:7]
+        """HEAD's short hash; git runs only when ``gitenv.state_fingerprint`` says HEAD may have
+        moved (an idle heartbeat starts no child process)."""
+        fingerprint = gitenv.state_fingerprint(self.path)
+        cached = self._generation_cache
+        if fingerprint is not None and cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        value = self.head()[:7]
+        self._generation_cache = (fingerprint, value) if fingerprint is not None and value else None
+        return value
 
     def lock_hash(self) -> str:
         try:

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import log
+from . import gitenv, log
 from .privatefs import write_private
-from .protocol import COMPARTMENTS
+from .redact import redact
+from .link.protocol import COMPARTMENTS
 
 LOCK_REFRESH_EVERY = 300.0
 STATE_FILE = "state.json"
@@ -103,6 +104,7 @@ class StatusStore:
         self._lock = threading.Lock()
         self._git_timeout = min(git_timeout, 10)
         self._lock_checked = 0.0
+        self._lock_cache: dict[str, object] = {}  # flake.lock's commit time, keyed by repo state
         data = read_state(state_dir)
         stored: dict[str, Any] = data["compartments"] if isinstance(data.get("compartments"), dict) else {}
         self._compartments: dict[str, dict[str, str]] = {}
@@ -153,23 +155,28 @@ class StatusStore:
         if not force and self._lock_checked and now - self._lock_checked < LOCK_REFRESH_EVERY:
             return self.get("lock")
         self._lock_checked = now
-        status, message = lock_age_status(repo_dir, self._git_timeout)
+        status, message = lock_age_status(repo_dir, self._git_timeout, None if force else self._lock_cache)
         self.set("lock", status, message)
         return self.get("lock")
 
     def _save_locked(self) -> None:
         data = {"compartments": self._compartments, "last_command": self._last_command, "extras": self._extras}
         try:
-            write_private(self._path, json.dumps(data, indent=2, sort_keys=True))
+            write_private(self._path, redact(json.dumps(data, indent=2, sort_keys=True)))  # a boundary, too
         except OSError as exc:
             _log.warn("state_write_failed", path=str(self._path), error=exc.strerror or str(exc))
 
 
-def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
+def lock_age_status(repo_dir: Path, timeout: int = 10, cache: dict[str, object] | None = None) -> tuple[str, str]:
+    """``cache`` (kept by the caller) remembers flake.lock's commit time per repository state, so
+    the age is recomputed from the clock without a ``git`` child while nothing changed."""
     if not str(repo_dir):
         return "unknown", "Repository path not configured"
     if not (repo_dir / "flake.lock").is_file():
         return "unknown", "flake.lock not found"
+    fingerprint = gitenv.state_fingerprint(repo_dir, repo_dir / "flake.lock")
+    if cache is not None and fingerprint is not None and cache.get("fingerprint") == fingerprint:
+        return _lock_age(int(str(cache["when"])))
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")
     try:
         # %ct (epoch seconds) rather than upstream's %ci: integer arithmetic needs no datetime/_strptime
@@ -189,6 +196,12 @@ def lock_age_status(repo_dir: Path, timeout: int = 10) -> tuple[str, str]:
         when = int(stamp)
     except ValueError:
         return "error", f"Failed to check flake.lock: unparsable date {stamp!r}"
+    if cache is not None and fingerprint is not None:
+        cache.update(fingerprint=fingerprint, when=when)
+    return _lock_age(when)
+
+
+def _lock_age(when: int) -> tuple[str, str]:
     days = max(int(time.time() - when) // 86400, 0)
     text = "Updated today" if days == 0 else "Updated yesterday" if days == 1 else f"Updated {days} days ago"
     if days <= 7:

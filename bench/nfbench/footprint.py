@@ -17,7 +17,7 @@ from . import harness as h
 from .stats import Figures
 
 BLOCK_TLS = "import sys\nfor m in ('ssl', '_ssl', '_hashlib'): sys.modules[m] = None\n"  # as cli does for ws://
-AGENT_IMPORTS = ("import nixfleet_agent.cli, nixfleet_agent.agent, nixfleet_agent.connection, "
+AGENT_IMPORTS = ("import nixfleet_agent.cli, nixfleet_agent.agent, nixfleet_agent.link.session, "
                  "nixfleet_agent.dispatcher, nixfleet_agent.commands.registry")
 BASELINES = {
     "baseline_python": ("bare python interpreter", "import sys"),
@@ -71,6 +71,8 @@ class _Scheme:
         self.hwm = figs.get(f"idle_hwm_{s}", f"VmHWM since start, clone included ({s}://)", "MiB")
         self.cpu = figs.get(f"idle_cpu_{s}", f"idle CPU over {w}, utime+stime ({s}://)", "% core", 0.1)
         self.cpu_ns = figs.get(f"idle_cpu_sched_{s}", f"idle CPU over {w}, schedstat ns ({s}://)", "% core")
+        self.ticks = figs.get(f"idle_ticks_30s_{s}",
+                              f"idle CPU ticks per 30 s, agent + children ({s}://; upstream Go agent: 0)", "ticks", 1)
         self.beats = figs.get(f"idle_heartbeats_{s}", f"heartbeats received in the {w} ({s}://)", "count")
         self.threads = figs.get(f"idle_threads_{s}", f"agent threads when idle ({s}://)", "count")
         self.rec_reg = figs.get(f"reconnect_register_{s}",
@@ -89,10 +91,12 @@ class _Scheme:
         h.wait_record(self.dash, "heartbeat", since=agent.dash_mark, timeout=15)
         self.mark = self.dash.mark()
         self.c0, self.n0, self.t0 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
+        self.k0 = procfs.ticks_with_children(agent.pid)
         self.sampler = procfs.RssSampler(agent.pid, period=0.5).__enter__()
 
     def end(self, agent: h.Agent) -> None:
         c1, n1, t1 = procfs.cpu_seconds(agent.pid), procfs.run_ns(agent.pid), time.monotonic()
+        k1 = procfs.ticks_with_children(agent.pid)
         self.sampler.__exit__()
         self.rss.add(procfs.rss_kib(agent.pid) / 1024)
         self.anon.add(procfs.status_kib(agent.pid, "RssAnon") / 1024)
@@ -100,6 +104,7 @@ class _Scheme:
         self.hwm.add(procfs.hwm_kib(agent.pid) / 1024)
         self.cpu.add(100 * (c1 - self.c0) / (t1 - self.t0))
         self.cpu_ns.add(100 * (n1 - self.n0) / 1e9 / (t1 - self.t0))
+        self.ticks.add((k1 - self.k0) * 30.0 / (t1 - self.t0))
         self.beats.add(len(self.dash.messages("heartbeat", since=self.mark)))
         self.threads.add(procfs.threads(agent.pid))
 

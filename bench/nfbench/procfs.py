@@ -43,6 +43,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
+def ticks_with_children(pid: int) -> int:
+    """utime + stime + cutime + cstime in clock ticks: the agent's CPU plus that of every child it
+    started and reaped (a ``git`` per heartbeat shows up here, not in cpu_seconds)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        text = fh.read()
+    fields = text[text.rindex(")") + 2:].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14))  # fields 14-17 of stat(5)
+
+
 def run_ns(pid: int) -> int:
     """Nanoseconds on CPU summed over live threads (/proc/<pid>/task/*/schedstat, first field)."""
     total = 0

@@ -18,7 +18,7 @@ from .stats import Figures
 
 def stable_after() -> float:
     try:
-        from nixfleet_agent.connection import STABLE_AFTER
+        from nixfleet_agent.link.session import STABLE_AFTER
     except ImportError:
         return 10.0
     return float(STABLE_AFTER)

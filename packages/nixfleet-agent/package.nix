@@ -37,6 +37,9 @@ python3Packages.buildPythonApplication {
         (lib.fileset.maybeMissing ../../tests/conftest.py)
         (lib.fileset.maybeMissing ../../tests/dashboard.py)
         (lib.fileset.maybeMissing ../../tests/support.py)
+        # the fault-injecting TCP proxy and the raw-frame WebSocket peer of the link tests
+        (lib.fileset.maybeMissing ../../tests/faultproxy.py)
+        (lib.fileset.maybeMissing ../../tests/rawpeer.py)
       ]
       ++ map (path: root + "/${path}") offlineTests
     );
@@ -88,7 +91,8 @@ python3Packages.buildPythonApplication {
 
   meta = {
     description = "Fleet agent connecting NixOS and macOS hosts to a NixFleet dashboard";
-    homepage = "https://github.com/nixfleet/nixfleet-agent";
+    # The NixFleet project: its dashboard is what this agent connects to and serves.
+    homepage = "https://github.com/markus-barta/nixfleet";
     license = lib.licenses.agpl3Plus;
     platforms = [
       "x86_64-linux"

@@ -57,7 +57,7 @@ def test_check_reports_unreachable_dashboard(agent_env):
 
 def test_check_reports_config_errors(agent_env):
     result = run_cli(["check"], agent_env(NIXFLEET_INTERVAL="0"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # the README's configuration-error status, same as `run`
     assert result.stdout.strip() == "FAILED: configuration invalid (1 problem(s))"
     assert "NIXFLEET_INTERVAL: must be between 1 and 3600 (got '0')" in result.stderr
 

@@ -55,3 +55,22 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_cli_dashboard_bad_token_file_is_one_line(tmp_path):
+    for name, content in (("missing", None), ("empty", "NIXFLEET_TOKEN=\n")):
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        proc = subprocess.run([sys.executable, str(DASHBOARD), "--token-file", str(path)], capture_output=True,
+                              text=True, timeout=30)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert f"--token-file {path}: " in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cli_dashboard_without_websockets_names_dev_dashboard(tmp_path):
+    # -S: no site-packages, like Debian's python3 where websockets lives only in dev/test's venv
+    proc = subprocess.run([sys.executable, "-S", str(DASHBOARD), "--token-file", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "'websockets' is not installed" in proc.stderr and "./dev/dashboard" in proc.stderr

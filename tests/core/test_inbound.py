@@ -7,7 +7,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inproc import Session
-from nixfleet_agent import protocol
+from nixfleet_agent.link import protocol
 from support import wait_for
 
 BAD_FRAMES = [

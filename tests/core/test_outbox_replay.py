@@ -20,6 +20,9 @@ def test_reporter_output_and_status_survive_dashboard_outage(dashboard, tmp_path
         for i in range(50):
             session.reporter.output("test", f"line {i}")
         dashboard.wait_message("output", where=lambda r: r.payload["line"] == "line 49", timeout=5)
+        # delivered = the pong to a ping sent after them (docs/delivery.md); without that evidence they
+        # would rightly be sent again after the reconnect
+        wait_for(lambda: len(session.outbox) == 0, 5, "delivery evidence for the first 50 lines")
         dashboard.stop()  # the dashboard goes away in the middle of the command's output
         wait_for(lambda: not session.connection.registered, 5, "disconnect noticed")
         for i in range(50, 150):

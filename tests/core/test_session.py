@@ -14,7 +14,7 @@ from support import TEST_TOKEN
 REGISTER_FIELDS = {
     "hostname", "host_type", "agent_version", "os_version", "nixpkgs_version", "generation", "theme_color",
     "heartbeat_interval", "location", "device_type", "repo_url", "repo_dir", "source_commit", "store_path",
-    "binary_hash",
+    "binary_hash", "implementation", "implementation_version",
 }
 HEARTBEAT_FIELDS = {
     "generation", "nixpkgs_version", "pending_command", "command_pid", "metrics", "update_status",

@@ -152,6 +152,7 @@ def test_outputs(flake_copy: tuple[Path, Path]) -> None:
     assert flake_eval(flake_copy, "overlays", names) == ["default"]
     assert flake_eval(flake_copy, "nixosModules", names) == ["default", "nixfleet-agent"]
     assert flake_eval(flake_copy, "homeModules", names) == ["default", "nixfleet-agent"]
+    assert flake_eval(flake_copy, "darwinModules", names) == ["default", "nixfleet-agent"]
     assert flake_eval(flake_copy, "homeManagerModules", names) == ["default", "nixfleet-agent"]
     assert flake_eval(flake_copy, "formatter", names) == SYSTEMS
     assert flake_eval(flake_copy, "devShells.x86_64-linux", names) == ["default"]
@@ -171,7 +172,7 @@ def test_checks_flake_adds_home_manager_checks(flake_copy: tuple[Path, Path]) ->
 
 
 def test_modules_are_module_functions(flake_copy: tuple[Path, Path]) -> None:
-    for output in ("nixosModules", "homeModules", "homeManagerModules"):
+    for output in ("nixosModules", "homeModules", "homeManagerModules", "darwinModules"):
         assert flake_eval(flake_copy, f"{output}.default", "builtins.isFunction") is True
 
 
@@ -200,3 +201,11 @@ def test_flake_home_manager_modules_import_together(tmp_path: Path) -> None:
     proc = run("hm", "flake-modules.nix", tmp_path, "--argstr", "kind", "hm", "--argstr", "system", "aarch64-darwin")
     assert proc.returncode == 0, proc.stdout
     assert "-flake-provided-agent-1/bin/nixfleet-agent" in (tmp_path / "launchd" / "com.nixfleet.agent.plist").read_text()
+
+
+def test_flake_darwin_modules_import_together_and_default_to_the_flake_package(tmp_path: Path) -> None:
+    proc = run("darwin", "flake-modules.nix", tmp_path, "--argstr", "kind", "darwin",
+               "--argstr", "system", "aarch64-darwin")
+    assert proc.returncode == 0, proc.stdout
+    daemon = (tmp_path / "darwin" / "launchDaemons" / "com.nixfleet.agent.plist").read_text()
+    assert "-flake-provided-agent-1/bin/nixfleet-agent --config " in daemon

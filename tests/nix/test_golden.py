@@ -39,6 +39,15 @@ def rendered(tmp: Path) -> dict[str, str]:
         files[f"hm-darwin/{label}.plist"] = (tmp / "hm-darwin" / "launchd" / f"{label}.plist").read_text()
     files["hm-darwin/nixfleet-agent.toml"] = toml_dumps(eval_json("hm-good.nix", "config.services.nixfleet-agent.settings"))  # type: ignore[arg-type]
 
+    proc = run("darwin", "darwin-good.nix", tmp / "darwin")
+    assert proc.returncode == 0, proc.stdout
+    for label in ("com.nixfleet.agent", "com.nixfleet.agent-privileged", "com.nixfleet.watchdog"):
+        files[f"darwin/{label}.plist"] = (tmp / "darwin" / "darwin" / "launchDaemons" / f"{label}.plist").read_text()
+    start = eval_json("darwin-good.nix", 'config.environment.etc."nixfleet-agent/privileged".source.text')
+    assert isinstance(start, str)
+    files["darwin/nixfleet-agent-privileged-start"] = start
+    files["darwin/nixfleet-agent.toml"] = toml_dumps(eval_json("darwin-good.nix", "config.services.nixfleet-agent.settings"))  # type: ignore[arg-type]
+
     proc = run("hm", "hm-good.nix", tmp / "hm-linux", "--argstr", "system", "x86_64-linux")
     assert proc.returncode == 0, proc.stdout
     files["hm-linux/nixfleet-agent.service"] = (tmp / "hm-linux" / "systemd-user" / "nixfleet-agent.service").read_text()
@@ -63,7 +72,7 @@ def test_golden_files_match_the_modules(tmp_path: Path) -> None:
 
 def test_golden_config_files_load_in_the_agent() -> None:
     config = pytest.importorskip("nixfleet_agent.config")
-    for name in ("nixos", "hm-linux"):
+    for name in ("nixos", "hm-linux", "darwin"):
         path = GOLDEN / name / "nixfleet-agent.toml"
         if not path.is_file():
             pytest.skip(f"{path} not generated yet")

@@ -41,7 +41,7 @@ for arg in "$@"; do
   prev=$arg
 done
 [ -n "$input" ] && [ -n "$SHIM_LOCK_REV" ] || exit "${SHIM_NIX_EXIT:-0}"
-python3 - "$input" "$SHIM_LOCK_REV" <<'EOF'
+python3 - "$input" "$SHIM_LOCK_REV" <<'EOF' || exit 1
 import json, sys
 lock = json.load(open("flake.lock"))
 lock["nodes"][sys.argv[1]]["locked"]["rev"] = sys.argv[2]

@@ -7,6 +7,7 @@ stopped in the fixture's teardown.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SSHD = "/usr/sbin/sshd"
+# dev/test points this at sshd unpacked from the openssh-server .deb when the package is not
+# installed (installing it would enable ssh.service on the developer's machine).
+SSHD = os.environ.get("NIXFLEET_TEST_SSHD") or "/usr/sbin/sshd"
 
 
 def free_port() -> int:
@@ -64,6 +67,23 @@ def _root_locked() -> bool:
     return False
 
 
+def sshd_argv(workdir: Path, config: Path) -> list[str]:
+    """sshd as root refuses to start without its privilege separation user ``sshd``, which only the
+    openssh-server package creates. For an unpacked sshd the user comes from a copy of /etc/passwd
+    bind-mounted over it in a private mount namespace: the machine's accounts stay untouched."""
+    argv = [SSHD, "-D", "-e", "-f", str(config)]
+    try:
+        pwd.getpwnam("sshd")
+        return argv
+    except KeyError:
+        pass
+    passwd = workdir / "passwd"
+    passwd.write_text(Path("/etc/passwd").read_text() + "sshd:x:65534:65534:sshd privsep:/run/sshd:/usr/sbin/nologin\n")
+    passwd.chmod(0o644)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", 'mount --bind "$0" /etc/passwd; exec "$@"',
+            str(passwd), *argv]
+
+
 class Sshd:
     """sshd on 127.0.0.1:<port> accepting one deploy key for root, with its own host key."""
 
@@ -105,7 +125,7 @@ class Sshd:
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         self.log = open(self.dir / "sshd.log", "wb")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(sshd_argv(self.dir, config), stdout=self.log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, self.proc)
         except RuntimeError:
@@ -234,7 +254,7 @@ class HttpBackend:
 def have_sshd() -> str | None:
     """Why the sshd tests cannot run here, or None."""
     if not Path(SSHD).exists() or shutil.which("ssh") is None:
-        return "openssh-server (sshd) and ssh are needed; dev/test installs them"
+        return f"sshd ({SSHD}) and ssh are needed; dev/test provides them"
     if os.geteuid() != 0:
         return "the sshd fixture logs in as root and must run as root"
     return None

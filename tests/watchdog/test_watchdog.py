@@ -2,7 +2,10 @@
 
 Every branch a Mac can be in: agent not loaded (bootstrap), loaded but stopped (kickstart),
 running but hung (kickstart -k), running and healthy (nothing), plus failures of each action and
-bad arguments. Run under both /bin/sh (dash here, like macOS' POSIX sh) and bash.
+bad arguments. Run under both /bin/sh (dash here, like macOS' POSIX sh) and bash. The same script
+watches the nix-darwin daemon as root, in launchd's ``system`` domain (its fifth argument). No macOS
+machine is here: launchctl is a stand-in that records its calls; what a real launchd does with them
+is not tested.
 """
 
 from __future__ import annotations
@@ -125,13 +128,36 @@ def test_running_without_alive_file_is_left_alone(mac: Mac) -> None:
     assert "event=running" in proc.stdout and "alive=missing" in proc.stdout
 
 
-@pytest.mark.parametrize("args", [[], [LABEL, "plist", "alive"], [LABEL, "plist", "alive", "2m"]],
-                         ids=["none", "three", "bad-max-age"])
+@pytest.mark.parametrize("args", [[], [LABEL, "plist", "alive"], [LABEL, "plist", "alive", "2m"],
+                                  [LABEL, "plist", "alive", "120", "user/501"],
+                                  [LABEL, "plist", "alive", "120", "system", "extra"]],
+                         ids=["none", "three", "bad-max-age", "bad-domain", "six"])
 def test_bad_arguments_are_a_usage_error(mac: Mac, args: list[str]) -> None:
     proc = mac.run("running", args=args)
     assert proc.returncode == 2
     assert "event=usage" in proc.stdout
     assert mac.calls() == []
+
+
+SYSTEM_CASES = {
+    # state, alive age (None: no file), calls after `print`
+    "not-loaded": ("not-loaded", None, ["bootstrap system {plist}"]),
+    "stopped": ("stopped", None, ["kickstart system/{label}"]),
+    "hung": ("running", MAX_AGE + 60, ["kickstart -k system/{label}"]),
+    "healthy": ("running", 5, []),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYSTEM_CASES))
+def test_system_domain_for_the_darwin_daemon(mac: Mac, case: str) -> None:
+    """The nix-darwin module's root watchdog passes `system`: every launchctl call targets the
+    system domain (`kickstart -k system/<label>`), never the caller's gui domain."""
+    state, age, expected = SYSTEM_CASES[case]
+    if age is not None:
+        mac.touch_alive(age=age)
+    proc = mac.run(state, args=[LABEL, str(mac.plist), str(mac.alive), str(MAX_AGE), "system"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mac.calls() == [f"print system/{LABEL}"] + [c.format(plist=mac.plist, label=LABEL) for c in expected]
 
 
 def test_shellcheck_clean() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .. import runner
+from ..kinds import CommandStatus
 from ..ops import operations, oplog
 from ..redact import redact
 from ..runner import Result
@@ -49,9 +50,10 @@ class Tracker(Protocol):
 
 
 def privileged_switch(cfg: Config) -> bool:
-    """Privileged actions go through the NixOS root unit; it exists only under the NixOS module, so
-    on nix-darwin and Home Manager the setting falls back to detached/sudo."""
-    return cfg.switch_launcher == "privileged" and cfg.platform == "nixos"
+    """Privileged actions go through the root side: the NixOS module's root unit or the nix-darwin
+    module's root launchd daemon (both set ``switch_launcher = "privileged"``). Home Manager has no
+    root side, so there the setting falls back to detached/sudo."""
+    return cfg.switch_launcher == "privileged" and cfg.platform in ("nixos", "darwin")
 
 
 def sudo_n(argv: list[str]) -> list[str]:
@@ -173,7 +175,7 @@ class Job:
 
     # ----- reporting ------------------------------------------------------------------------------
 
-    def status(self, status: str, exit_code: int, message: str = "", command: str | None = None) -> None:
+    def status(self, status: CommandStatus, exit_code: int, message: str = "", command: str | None = None) -> None:
         """Send a ``status``. The job's own final status frees the busy flag *first*: a dashboard
         sends its next command as soon as it sees the status and must not be rejected."""
         self.log.write(f"# status={status} exit_code={exit_code} message={message}")

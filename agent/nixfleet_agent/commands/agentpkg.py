@@ -8,10 +8,18 @@ would start differs from what runs (otherwise re-registering is enough for the d
    or content means "restart". This is exact on Nix installs and also catches config changes,
    which need a restart too (the NixOS unit has ``restartIfChanged = false``).
 2. Without one, the installed ``nixfleet-agent`` (found like upstream's ``check-version``: profile
-   bins, then ``PATH``) resolved to its ``/nix/store`` root is compared with the running
-   package's ``freshness.store_path()``; outside the store, a fingerprint of that entry point taken
-   before the switch is compared with one taken after (dev installs, tests).
+   bins, then ``PATH``, then what this process was started as) resolved to its ``/nix/store`` root
+   is compared with the running package's ``freshness.store_path()``; outside the store, a
+   fingerprint of that entry point taken before the switch is compared with one taken after (dev
+   installs, tests).
 3. When nothing can be found at all the agent restarts: upstream's behaviour, it costs a reconnect.
+
+The last fallback of 2., the program this process was started as (``sys.argv[0]``: a console script
+such as ``venv/bin/nixfleet-agent``, or ``nixfleet_agent/cli.py`` under ``python -m``), is what the
+same command line starts again, so it answers "would a restart run something else?" where neither a
+profile nor ``PATH`` names the agent (a virtualenv whose ``bin/`` is not on ``PATH``, a unit
+outside the ones above). Without it such an agent exits after every switch and, unsupervised, never
+comes back. It comes last so upstream's order still decides wherever it finds something.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ import getpass
 import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from .. import freshness
 
 _UNIT_FILES = (
     "/etc/systemd/system/nixfleet-agent.service",  # NixOS module (a symlink into the store)
+    "/Library/LaunchDaemons/com.nixfleet.agent.plist",  # nix-darwin module (a copy, not a link)
     "~/Library/LaunchAgents/com.nixfleet.agent.plist",  # Home Manager module on macOS
     "~/.config/systemd/user/nixfleet-agent.service",  # Home Manager on Linux
 )
@@ -53,12 +63,27 @@ def candidates(platform: str) -> list[Path]:
     return paths
 
 
+def _started_as() -> Path | None:
+    """``sys.argv[0]`` made absolute against the start directory (hence taken at import, before
+    anything changes directory), or None for ``-c``, an interactive or an embedded interpreter."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or argv0 == "-c":
+        return None
+    path = Path(os.path.abspath(argv0))
+    return path if path.is_file() else None
+
+
+STARTED_AS = _started_as()
+
+
 def installed_agent(platform: str) -> Path | None:
     for path in candidates(platform):
         if path.exists():
             return path
     found = shutil.which("nixfleet-agent")
-    return Path(found) if found else None
+    if found:
+        return Path(found)
+    return STARTED_AS if STARTED_AS is not None and STARTED_AS.exists() else None
 
 
 def store_root(path: Path) -> str:
@@ -70,6 +95,9 @@ def store_root(path: Path) -> str:
 
 def _describe(path: Path) -> str:
     real = os.path.realpath(path)
+    if Path(real).is_relative_to(freshness.package_dir()):
+        # started as ``python -m nixfleet_agent.cli``: what runs next is the whole package, not cli.py
+        return f"{path}=package:{freshness.package_dir()}@{freshness.tree_hash()[:16]}"
     try:
         digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()[:16]
     except OSError:

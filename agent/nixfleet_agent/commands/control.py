@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .. import log as logmod
+from ..kinds import Action, CommandStatus, LaunchMode
 from ..ops import operations, oplog
 from ..runner import Result
 from ..runner import run as run_child
@@ -37,7 +38,7 @@ class _Logged:
         self.log.write(line, stream)
         self.ctx.reporter.output(self.command, line, stream)
 
-    def status(self, status: str, exit_code: int, message: str) -> None:
+    def status(self, status: CommandStatus, exit_code: int, message: str) -> None:
         self.log.write(f"# status={status} exit_code={exit_code} message={message}")
         self.log.close()
         self.ctx.reporter.status(self.command, status, exit_code, message)
@@ -83,8 +84,8 @@ def _privileged_reboot(ctx: Context) -> Result:
     op_id = oplog.new_op_id()
     launcher = operations.PrivilegedLauncher(Path(ctx.cfg.state_dir))
     log_path, result_path = operations.paths_for(ctx.cfg.state_dir, ctx.cfg.privileged_dir, op_id, "privileged")
-    op = operations.Operation(id=op_id, command="reboot", action="reboot", argv=["systemctl", "reboot"],
-                              launcher="privileged", log_path=str(log_path), result_path=str(result_path))
+    op = operations.Operation(id=op_id, command="reboot", action=Action.REBOOT, argv=["systemctl", "reboot"],
+                              launcher=LaunchMode.PRIVILEGED, log_path=str(log_path), result_path=str(result_path))
     try:
         launcher.start(op)
     except OSError as exc:

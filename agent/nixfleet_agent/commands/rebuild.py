@@ -25,6 +25,7 @@ from pathlib import Path
 from .. import flakeupdate, nix
 from ..ops import operations
 from .. import log as logmod
+from ..kinds import Action, LaunchMode
 from ..runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
@@ -204,12 +205,12 @@ def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False
                    update_lock: bool = False) -> operations.Operation:
     cfg = job.ctx.cfg
     # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
-    launcher = "privileged" if privileged_switch(cfg) else "detached"
+    launcher = LaunchMode.PRIVILEGED if privileged_switch(cfg) else LaunchMode.DETACHED
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
     repo = job.ctx.repo
     commit = repo.head() if repo is not None else ""
     return operations.Operation(
-        id=job.op_id, command=job.name, action=action, argv=argv, launcher=launcher,
+        id=job.op_id, command=job.name, action=Action(action), argv=argv, launcher=launcher,
         log_path=str(log_path), result_path=str(result_path),
         cwd=str(repo.path) if repo is not None else "",
         commit=commit,
@@ -319,17 +320,13 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
             ctx.status.set("system", "error", f"{label} failed ({how})")
             job.err(f"❌ {label} failed ({result.describe()})")
             job.status("error", result.exit_code or 1, result.start_error or f"{label.lower()} failed ({result.describe()})")
-    # Marked once the status has left the Outbox (bounded wait, so steady traffic cannot hold it
-    # forever). An agent stopped before that leaves it unmarked: the next agent reports it again
-    # rather than never. Past this point nothing can repeat it.
-    delivered = job.wait_delivered(60.0)
-    if not delivered and ctx.stop_event.is_set():
-        _log.warn("operation_status_undelivered", id=op.id, hint="the next agent start reports it")
-        return
+    # The status is journaled on disk before it is queued (link/journal.py) and stays there until the
+    # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
+    # at once, a restart neither loses it nor reports it a second time from the record.
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()
-    if not result.ok:
+    if not result.ok or ctx.stop_event.is_set():
         return
     _log.info("post_switch", restart=restart, reason=why)
     if restart:

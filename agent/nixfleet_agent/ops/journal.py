@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import log as logmod
+from ..kinds import Action, LaunchMode
 from ..privatefs import write_private
 
 _log = logmod.get("journal")
@@ -48,9 +49,9 @@ def valid_id(op_id: object) -> bool:
 class Operation:
     id: str
     command: str  # the dashboard's command name (switch, pull-switch, rollback, force-update, ...)
-    action: str  # switch | rollback (what the privileged side is asked to do)
+    action: Action  # what the privileged side is asked to do
     argv: list[str]
-    launcher: str  # detached | privileged
+    launcher: LaunchMode
     log_path: str
     result_path: str
     cwd: str = ""
@@ -64,6 +65,11 @@ class Operation:
     pid: int | None = None
     started_at: float = field(default_factory=time.time)
     reported: bool = False
+
+    def __post_init__(self) -> None:
+        # read back from JSON as plain strings: an unknown value is a ValueError (a bad record)
+        self.action = Action(self.action)
+        self.launcher = LaunchMode(self.launcher)
 
 
 class BadRecord(ValueError):
@@ -111,7 +117,10 @@ def parse(data: object, stem: str, state_dir: Path) -> Operation:
         if f.name in data:
             _check_type(f.name, data[f.name], _KINDS.get(f.name, "str"))
             values[f.name] = data[f.name]
-    op = Operation(**values)
+    try:
+        op = Operation(**values)
+    except ValueError as exc:
+        raise BadRecord(str(exc)) from None
     if not valid_id(op.id) or op.id != stem:
         raise BadRecord(f"id {op.id[:80]!r} is not a plain name equal to the file name {stem!r}")
     if op.launcher not in LAUNCHERS:

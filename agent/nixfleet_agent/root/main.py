@@ -8,7 +8,9 @@ The order of trust, for a build (``switch``):
 3. with signers configured (``verify``): the commit's signature, and no step back behind the last
    commit root deployed;
 4. ``update_lock`` (force-update): root's own lock refresh of that commit (``lockrefresh``);
-5. ``nixos-rebuild <action> --flake git+file://<root clone>?ref=<branch>&rev=<commit>#<attr>``.
+5. ``nixos-rebuild <action> --flake git+file://<root clone>?ref=<branch>&rev=<commit>#<attr>``, or on
+   nix-darwin (``--darwin-rebuild``, started by the root launchd daemon) ``darwin-rebuild`` with the
+   same arguments: the same rules for both, only the program and the reboot command differ.
 
 A refusal at any step is written to the request's ``result.json`` as ``"<rule>: <why>"`` (exit
 code 2), which the agent reports as the command's error. Rollback and reboot build nothing.
@@ -42,8 +44,10 @@ _BRANCH = re.compile(r"[A-Za-z0-9._/-]{1,200}")
 class Settings:
     out_dir: Path
     state_dir: Path
-    nixos_rebuild: str = "nixos-rebuild"
+    nixos_rebuild: str = "nixos-rebuild"  # or darwin-rebuild: the system's rebuild program
     systemctl: str = "systemctl"
+    darwin: bool = False  # nix-darwin: reboot with shutdown(8), there is no systemctl
+    shutdown: str = "/sbin/shutdown"
     nix: str = "nix"
     flake_attr: str = ""
     agent_input: str = DEFAULT_AGENT_INPUT
@@ -96,6 +100,8 @@ class Handler:
                 exit_code, error = REJECTED_EXIT, str(refusal)
                 out.write(f"nixfleet-agent-privileged: refused: {refusal}\n".encode())
                 _log.warn("refused", id=req.id, rule=refusal.rule, commit=req.commit, error=error)
+        if self.s.darwin and exit_code not in (0, REJECTED_EXIT) and not error:
+            error = _user_agent_abort(op_dir / "output.log")
         doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
                                   "finished_at": results.now()}
         if error:
@@ -112,7 +118,7 @@ class Handler:
         if req.action == "rollback":
             return self._run(nix.rollback([self.s.nixos_rebuild]), out)
         if req.action not in BUILD_ACTIONS:
-            return self._run([self.s.systemctl, "reboot"], out)
+            return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
@@ -155,6 +161,28 @@ class Handler:
         return (128 - code, "") if code < 0 else (code, "")
 
 
+_USER_SERVICE = re.compile(r"(?:reloading|creating) user service (\S+)")
+
+
+def _user_agent_abort(output: Path) -> str:
+    """nix-darwin#1758: activation reloads user LaunchAgents through ``launchctl asuser``, and when
+    the primary user's GUI domain cannot be reached that ``load`` aborts the rest of the activation.
+    When the failed run's output ends there, say so instead of a bare exit code."""
+    try:
+        with open(output, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
+            lines = [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines[-5:]):
+        match = _USER_SERVICE.search(line)
+        if match:
+            return (f"darwin-rebuild: activation stopped while loading the user LaunchAgent {match.group(1)} "
+                    "(nix-darwin#1758: the primary user's GUI domain was not reachable); the system was not "
+                    "fully activated; log in as system.primaryUser and switch again")
+    return ""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nixfleet-agent-privileged",
@@ -181,8 +209,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
     add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
     add("--keep", type=int, default=results.KEEP, help="request directories kept")
-    add("--nixos-rebuild", default="nixos-rebuild", help="nixos-rebuild executable")
-    add("--systemctl", default="systemctl", help="systemctl executable (reboot)")
+    rebuild = parser.add_mutually_exclusive_group()
+    rebuild.add_argument("--nixos-rebuild", default=None, help="nixos-rebuild executable (NixOS)")
+    rebuild.add_argument("--darwin-rebuild", default=None, help="darwin-rebuild executable: this is a nix-darwin "
+                                                                 "host (started by the root launchd daemon)")
+    add("--systemctl", default="systemctl", help="systemctl executable (reboot on NixOS)")
+    add("--shutdown", default="/sbin/shutdown", help="shutdown executable (reboot on nix-darwin)")
     add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
@@ -252,8 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not value.is_file():
             return _bad(name.replace("_", "-"), f"{value} does not exist")
-    settings = Settings(out_dir=args.out_dir, state_dir=state_dir, nixos_rebuild=args.nixos_rebuild,
-                        systemctl=args.systemctl, nix=args.nix, flake_attr=args.flake_attr,
+    settings = Settings(out_dir=args.out_dir, state_dir=state_dir,
+                        nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
+                        darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
                         policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
     try:

@@ -18,10 +18,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..kinds import Action
+
 # Exactly what the agent sends (commands/rebuild.py, commands/control.py); nixos-rebuild boot/test
 # and anything else stay out of reach of the agent.
-ACTIONS = ("switch", "rollback", "reboot")
-BUILD_ACTIONS = ("switch",)
+ACTIONS: tuple[str, ...] = (Action.SWITCH, Action.ROLLBACK, Action.REBOOT)
+BUILD_ACTIONS: tuple[str, ...] = (Action.SWITCH,)
 FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock")
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2

@@ -40,6 +40,19 @@ let
           { services.nixfleet-agent = agent; }
         ];
       }
+    else if kind == "darwin" then
+      import <nix-harness/lib/darwin.nix> { } {
+        inherit system;
+        extraPkgs = import ./stub-overrides.nix;
+        modules = [
+          outputs.darwinModules.default
+          outputs.darwinModules.nixfleet-agent
+          {
+            networking.hostName = "mac1";
+            services.nixfleet-agent = agent;
+          }
+        ];
+      }
     else
       import <nix-harness/lib/hm.nix> { } {
         inherit system;

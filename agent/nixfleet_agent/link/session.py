@@ -1,10 +1,15 @@
 """The dashboard session: dial with Bearer auth, register, keep the link provably alive, reconnect.
 
 One connection thread dials and reads; one writer thread per live socket is the only code that writes
-application frames (it also sends our pings and the pongs the reader asks for). A link is declared dead
-when nothing (pong or message) arrived for ``ping_timeout`` seconds, which catches half-open TCP that
-would otherwise look connected forever. Reconnects back off exponentially with full jitter; 401/403 is
-logged once per streak and waits the maximum so a fleet with a rotated token never hammers the server.
+application frames (it also sends our pings and the one pong the reader asks for). A link is declared
+dead when nothing (pong or message) arrived for ``ping_timeout`` seconds, or when a written message has
+had no evidence of delivery for that long, which catches half-open TCP that would otherwise look
+connected forever. Every ping carries ``nf:<seq>`` (the highest message written); its pong is the
+evidence that lets the Outbox forget messages (see ``outbox``). The reading thread never waits on a
+producer queue (``Outbox.never_block``), a writer failure ends the session at once, and the loop is
+supervised: an exception anywhere in a session costs a reconnect, never the link. Reconnects back off
+exponentially with full jitter; 401/403 is logged once per streak and waits the maximum so a fleet with
+a rotated token never hammers the server.
 """
 
 from __future__ import annotations
@@ -18,16 +23,25 @@ from collections.abc import Callable
 import websocket
 from websocket import ABNF
 
-from . import log, protocol
+from .. import log
+from ..config import Config
+from ..redact import redact
+from . import protocol
 from .backoff import Backoff
-from .config import Config
-from .outbox import Message, Outbox
+from .frames import FrameError, FrameReader
+from .outbox import Message, Outbox, evidence_payload, parse_evidence
 
 STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
 BATCH_MESSAGES = 256  # frames written with one system call when the queue holds several
 BATCH_BYTES = 64 * 1024
+READ_BYTES = 64 * 1024  # one recv; the frame buffer holds at most one message plus this
 FAST_ATTEMPTS = 10  # redials at <= 1 s spacing before backing off: a dashboard restart takes seconds
 _log = log.get("connection")
+_DEADLINE_HINTS = {
+    "ping timeout": "no pong or message from the dashboard; treating the link as dead",
+    "no delivery evidence": "written messages were never confirmed; resending them on the next link",
+    "incomplete frame": "a frame or fragmented message stayed incomplete; treating the link as broken",
+}
 
 
 class AuthError(Exception):
@@ -36,8 +50,23 @@ class AuthError(Exception):
         self.status = status
 
 
+class RedirectRefused(Exception):
+    """The dashboard answered the upgrade with a redirect. Following it would send the token to
+    whatever host ``Location`` names (and may downgrade wss:// to ws://), so it is an error."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"HTTP {status} redirect to {redact(location) or '(no Location)'} refused; "
+                         "the token is only sent to the configured url (set url to the new address)")
+
+
+class HandshakeDeadline(Exception):
+    """The whole upgrade (TCP, TLS, HTTP) took longer than handshake_timeout."""
+
+
 def describe(exc: BaseException) -> str:
     """A short, token-free description of a dial error."""
+    if isinstance(exc, (RedirectRefused, HandshakeDeadline)):
+        return str(exc)
     if isinstance(exc, websocket.WebSocketBadStatusException):
         return f"HTTP {exc.status_code}"
     ssl = sys.modules.get("ssl")  # only loaded for wss:// (see cli.avoid_tls_libraries)
@@ -46,21 +75,36 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return redact(text.splitlines()[0][:200])
 
 
 def dial(cfg: Config) -> websocket.WebSocket:
-    """Open one authenticated WebSocket; raises AuthError on 401/403, other exceptions otherwise."""
+    """Open one authenticated WebSocket; raises AuthError on 401/403, RedirectRefused on 3xx,
+    HandshakeDeadline when the whole upgrade outlasts handshake_timeout, other exceptions otherwise.
+
+    websocket-client's own timeout applies to each recv, and it reads the response headers one byte
+    per recv, so a server trickling a byte a second would hold it for ever: a timer bounds the whole
+    handshake by shutting the socket down. Redirects are never followed (``redirect_limit=0``)."""
     sslopt: dict[str, object] = {}
     if cfg.ca_file:
         sslopt["ca_certs"] = cfg.ca_file
     ws = websocket.WebSocket(sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _shutdown_socket(ws)
+
+    timer = threading.Timer(cfg.handshake_timeout, expire)
+    timer.daemon = True
+    timer.start()
     try:
         ws.connect(
             cfg.url,
             header=["Authorization: Bearer " + cfg.token.reveal()],
             timeout=cfg.handshake_timeout,
             suppress_origin=True,
+            redirect_limit=0,
         )
     except websocket.WebSocketBadStatusException as exc:
         ws.shutdown()
@@ -68,8 +112,20 @@ def dial(cfg: Config) -> websocket.WebSocket:
             raise AuthError(exc.status_code) from None
         raise
     except BaseException:
+        response = getattr(ws, "handshake_response", None)
         ws.shutdown()
+        if expired.is_set():
+            raise HandshakeDeadline(f"handshake timed out (not complete within {cfg.handshake_timeout} s)") from None
+        status = getattr(response, "status", 0)
+        if 300 <= int(status or 0) < 400:
+            headers = getattr(response, "headers", None) or {}
+            raise RedirectRefused(int(status), str(headers.get("location", ""))) from None
         raise
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        _abort(ws)
+        raise HandshakeDeadline(f"handshake timed out (not complete within {cfg.handshake_timeout} s)")
     ws.settimeout(cfg.ping_timeout)
     return ws
 
@@ -81,7 +137,8 @@ class _Session:
         self.ws = ws
         self.dead = threading.Event()
         self.registered = threading.Event()
-        self.pongs: list[bytes] = []
+        self.pong: bytes | None = None  # at most one pending pong: a ping flood costs nothing
+        self.evidence_asked = 0  # seq of the last evidence ping not yet answered (0 = none)
         self.lock = threading.Lock()
         self.close_reason: str | None = None
 
@@ -137,6 +194,18 @@ class Connection:
 
     # -- connection loop -----------------------------------------------------------------------
     def _loop(self) -> None:
+        self.outbox.never_block(threading.current_thread())
+        while not self._stop.is_set():
+            try:
+                self._dial_loop()
+            except Exception as exc:  # noqa: BLE001 - supervision: a bug costs a reconnect, never the link
+                _log.error("connection_loop_failed", error=f"{type(exc).__name__}: {describe(exc)}")
+                self._session = None
+                self.outbox.set_live(False)
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def _dial_loop(self) -> None:
         backoff = Backoff(1.0, float(self.cfg.backoff_max), fast_attempts=FAST_ATTEMPTS)
         auth_streak = 0
         while not self._stop.is_set():
@@ -207,24 +276,35 @@ class Connection:
         return was_registered
 
     def _reader(self, session: _Session) -> str:
+        """Read with one deadline for everything: the ping deadline (nothing complete arrived),
+        the delivery deadline (written messages without evidence) and the partial-frame deadline
+        (an incomplete frame or fragmented message held too long). Only complete frames count as
+        life, so a peer trickling bytes cannot keep a dead link open or commands from being read."""
         ws = session.ws
+        limit = float(self.cfg.ping_timeout)
         last_rx = time.monotonic()
-        fragments: list[bytes] = []
-        fragments_size = 0
+        frames = FrameReader(protocol.MAX_INBOUND_BYTES)
         while not session.dead.is_set():
-            deadline = last_rx + self.cfg.ping_timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                _log.warn("ping_timeout", seconds=self.cfg.ping_timeout,
-                          hint="no pong or message from the dashboard; treating the link as dead")
-                return "ping timeout"
+            now = time.monotonic()
+            deadlines = {"ping timeout": last_rx + limit}
+            unconfirmed = self.outbox.unconfirmed_since()
+            if unconfirmed is not None:
+                deadlines["no delivery evidence"] = unconfirmed + limit
+            partial = frames.partial_since
+            if partial is not None:
+                deadlines["incomplete frame"] = partial + limit
+            reason, deadline = min(deadlines.items(), key=lambda item: item[1])
+            if deadline <= now:
+                _log.warn(reason.replace(" ", "_"), seconds=self.cfg.ping_timeout, in_flight=self.outbox.inflight(),
+                          hint=_DEADLINE_HINTS[reason])
+                return reason
             sock = ws.sock
             if sock is None:
                 return "socket closed"
             pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS-buffered bytes
             if not pending:
                 try:
-                    readable, _, _ = select.select([sock], [], [], remaining)
+                    readable, _, _ = select.select([sock], [], [], deadline - now)
                 except (OSError, ValueError):
                     return "socket closed"
                 if not readable:
@@ -232,41 +312,37 @@ class Connection:
             if session.dead.is_set():
                 break
             try:
-                frame = ws.recv_frame()
-            except websocket.WebSocketTimeoutException:
-                return "read timeout"
-            except websocket.WebSocketConnectionClosedException:
-                return "connection closed by peer"
-            except Exception as exc:  # noqa: BLE001 - protocol error or socket error: the session is over
-                return describe(exc)
-            last_rx = time.monotonic()
-            opcode = frame.opcode
-            if opcode == ABNF.OPCODE_PING:
-                with session.lock:
-                    session.pongs.append(bytes(frame.data[:125]))
-                self.outbox.kick()
-            elif opcode == ABNF.OPCODE_PONG:
+                data = sock.recv(READ_BYTES)
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
-            elif opcode == ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else 1005
-                try:
-                    ws.send_close(websocket.STATUS_NORMAL)  # the closing handshake's reply (serialized by ws)
-                except Exception:  # noqa: BLE001 - the peer may already be gone
-                    pass
-                return f"closed by dashboard (code {code})"
-            elif opcode in (ABNF.OPCODE_TEXT, ABNF.OPCODE_BINARY, ABNF.OPCODE_CONT):
-                if opcode != ABNF.OPCODE_CONT:
-                    fragments, fragments_size = [], 0
-                fragments.append(bytes(frame.data))
-                fragments_size += len(frame.data)
-                if fragments_size > protocol.MAX_INBOUND_BYTES:
-                    _log.warn("message_ignored", reason="frame too large", size=fragments_size)
-                    fragments, fragments_size = [], 0
+            except OSError as exc:
+                if type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError"):
                     continue
-                if frame.fin:
-                    data = b"".join(fragments)
-                    fragments, fragments_size = [], 0
-                    self._handle(session, data)
+                return describe(exc)
+            if not data:
+                return "connection closed by peer"
+            try:
+                events = frames.feed(data)
+            except FrameError as exc:
+                _log.warn("protocol_violation", reason=exc.reason, close_code=exc.code)
+                _send_close(ws, exc.code, exc.reason)
+                return f"protocol violation: {exc.reason}"
+            for event in events:
+                last_rx = time.monotonic()
+                if event.kind == "ping":
+                    with session.lock:
+                        session.pong = event.data  # replaces an unsent one (RFC 6455 5.5.3)
+                    self.outbox.kick()
+                elif event.kind == "pong":
+                    self._on_pong(session, event.data)
+                elif event.kind == "close":
+                    code = int.from_bytes(event.data[:2], "big") if len(event.data) >= 2 else 1005
+                    _send_close(ws, websocket.STATUS_NORMAL, "")  # the closing handshake's reply
+                    return f"closed by dashboard (code {code})"
+                else:
+                    self._handle(session, event.data)
+                if session.dead.is_set():
+                    break
         return "closed"
 
     def _handle(self, session: _Session, data: bytes) -> None:
@@ -282,7 +358,10 @@ class Connection:
             self.outbox.set_live(True)
             if first:
                 _log.info("registered", host=message.host_id or self.cfg.hostname, queued=len(self.outbox))
-                self._on_registered()
+                try:
+                    self._on_registered()
+                except Exception as exc:  # noqa: BLE001 - a callback bug must not cost the session
+                    _log.error("registered_handler_failed", error=f"{type(exc).__name__}: {describe(exc)}")
             return
         try:
             self._on_message(message)
@@ -290,27 +369,47 @@ class Connection:
             _log.error("message_handler_failed", type=type(message).__name__, error=describe(exc))
 
     # -- writer --------------------------------------------------------------------------------
+    def _on_pong(self, session: _Session, payload: bytes) -> None:
+        upto = parse_evidence(payload)
+        if upto is None:
+            return
+        self.outbox.delivered(upto)
+        with session.lock:
+            if session.evidence_asked and upto >= session.evidence_asked:
+                session.evidence_asked = 0
+        if self.outbox.written_seq > upto:
+            self.outbox.kick()  # more was written since that ping: ask again
+
     def _writer(self, session: _Session) -> None:
         ws = session.ws
         next_ping = time.monotonic() + self.cfg.ping_interval
+        batch: list[Message] = []
         try:
             while not session.dead.is_set():
                 with session.lock:
-                    pongs, session.pongs = session.pongs, []
-                for payload in pongs:
-                    ws.pong(payload)
+                    pong, session.pong = session.pong, None
+                if pong is not None:
+                    ws.pong(pong)
                 now = time.monotonic()
-                if now >= next_ping:
-                    ws.ping()
+                written = self.outbox.written_seq
+                with session.lock:
+                    ask = written > 0 and not session.evidence_asked and self.outbox.inflight() > 0
+                    if ask:
+                        session.evidence_asked = written
+                if ask or now >= next_ping:
+                    ws.ping(evidence_payload(written))  # its pong confirms everything up to `written`
                     next_ping = now + self.cfg.ping_interval
                 if session.registered.is_set():
-                    batch = self.outbox.peek_many(BATCH_MESSAGES, BATCH_BYTES)
+                    batch = self.outbox.take(BATCH_MESSAGES, BATCH_BYTES)
                     if batch:
-                        _send_text_frames(ws, batch)
-                        self.outbox.pop(len(batch))  # only once on the wire: at-least-once delivery
+                        _send_text_frames(ws, [self.outbox.wire_text(m) for m in batch])
+                        self.outbox.written(batch)
+                        batch = []
                         continue
                 self.outbox.wait(max(0.0, next_ping - time.monotonic()))
-        except Exception as exc:  # noqa: BLE001 - a failed write ends the session; the reader notices
+        except Exception as exc:  # noqa: BLE001 - a failed write ends the session at once
+            if batch:
+                self.outbox.unwritten(batch)
             if not session.dead.is_set():
                 _log.warn("write_failed", error=describe(exc))
             session.dead.set()
@@ -330,16 +429,33 @@ class Connection:
         _shutdown_socket(session.ws)
 
 
-def _send_text_frames(ws: websocket.WebSocket, batch: list[Message]) -> None:
+def _send_text_frames(ws: websocket.WebSocket, batch: list[str]) -> None:
     """One masked text frame per message, exactly as ``ws.send`` would make them, but written with a
     single ``sendall``: a 200,000-line command then costs a few thousand system calls, not 200,000.
     ``ws.lock`` is websocket-client's own send lock (enable_multithread=True)."""
-    data = b"".join(ABNF.create_frame(message.text, ABNF.OPCODE_TEXT).format() for message in batch)
+    data = b"".join(ABNF.create_frame(text, ABNF.OPCODE_TEXT).format() for text in batch)
     sock = ws.sock
     if sock is None:
         raise websocket.WebSocketConnectionClosedException("socket is already closed")
     with ws.lock:
         sock.sendall(data)
+
+
+def _send_close(ws: websocket.WebSocket, code: int, reason: str) -> None:
+    """A close frame from the reading thread, only if that cannot block it: not while the writer
+    holds the send lock (it may be stuck on a peer that does not read), not into a full buffer."""
+    sock = ws.sock
+    if sock is None or not ws.lock.acquire(blocking=False):
+        return
+    try:
+        _, writable, _ = select.select([], [sock], [], 0)
+        if writable:
+            frame = ABNF.create_frame(code.to_bytes(2, "big") + reason.encode()[:120], ABNF.OPCODE_CLOSE)
+            sock.sendall(frame.format())
+    except Exception:  # noqa: BLE001 - the peer may already be gone
+        pass
+    finally:
+        ws.lock.release()
 
 
 def _shutdown_socket(ws: websocket.WebSocket) -> None:

@@ -11,11 +11,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..redact import redact, without_userinfo
+
 MAX_LINE_BYTES = 16 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024
 MAX_INBOUND_BYTES = 1024 * 1024
 REJECT_REASON = "command already running"
 COMPARTMENTS = ("git", "lock", "system", "tests")
+
+# The upstream release whose agent protocol this agent implements (markus-barta/nixfleet VERSION at
+# the commit the protocol reference describes). The upstream dashboard reads the register's
+# ``agent_version`` as "which of my releases does this agent speak" - it marks an agent outdated
+# unless the string equals its own ``Version`` - so that field carries this level, not our package
+# version. What actually runs is reported next to it: ``implementation`` / ``implementation_version``
+# (ignored by the Go dashboard, which decodes with plain ``json.Unmarshal``), ``source_commit``,
+# ``store_path``, ``binary_hash``, and ``nixfleet-agent --version``. Raise it only together with the
+# protocol changes of the new upstream release.
+UPSTREAM_PROTOCOL_VERSION = "3.1.5"
+IMPLEMENTATION = "nixfleet-agent-python"
 
 
 class ProtocolError(Exception):
@@ -42,7 +55,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def encode(kind: str, payload: dict[str, Any]) -> str:
-    return _ENCODER.encode({"type": kind, "payload": payload})
+    """The frame text; redacted here because every message leaves the process through this."""
+    return redact(_ENCODER.encode({"type": kind, "payload": payload}))
 
 
 def _optional(payload: dict[str, Any], **fields: str) -> dict[str, Any]:
@@ -56,7 +70,7 @@ def register(
     *,
     hostname: str,
     host_type: str,
-    agent_version: str,
+    own_version: str,
     os_version: str,
     nixpkgs_version: str,
     generation: str,
@@ -73,7 +87,7 @@ def register(
     payload: dict[str, Any] = {
         "hostname": hostname,
         "host_type": host_type,
-        "agent_version": agent_version,
+        "agent_version": UPSTREAM_PROTOCOL_VERSION,
         "os_version": os_version,
         "nixpkgs_version": nixpkgs_version,
         "generation": generation,
@@ -81,8 +95,10 @@ def register(
         "heartbeat_interval": heartbeat_interval,
         "location": location,
         "device_type": device_type,
-        "repo_url": repo_url,
+        "repo_url": without_userinfo(repo_url),  # upstream stores it and shows it to every browser
         "repo_dir": repo_dir,
+        "implementation": IMPLEMENTATION,
+        "implementation_version": own_version,
     }
     return _optional(payload, source_commit=source_commit, store_path=store_path, binary_hash=binary_hash)
 

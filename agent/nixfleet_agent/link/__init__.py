@@ -1,0 +1,5 @@
+"""The link to the dashboard: wire format, delivery queue, the session on one socket, redial backoff.
+
+Kept together because delivery guarantees (ordering, replay, evidence of delivery) are a property of
+these four modules jointly; nothing outside ``link`` touches the socket.
+"""
