@@ -149,6 +149,10 @@ in
             Documentation = [ "https://github.com/nixfleet/nixfleet-agent" ];
             # No network-online.target ordering: that is a system unit, which a user
             # manager cannot see or wait for. The agent needs none: it reconnects forever.
+            # Activation must not restart the agent: that would SIGTERM a switch the agent
+            # started (home-manager itself, halfway through activation). The agent restarts
+            # itself after a switch when its definition changed, as on NixOS.
+            X-RestartIfChanged = false;
           };
           Service = {
             ExecStart = "${lib.getExe cfg.package} --config ${configFile}";

@@ -253,6 +253,9 @@ class Agent:
             pid=os.getpid(),
         )
         self._install_signals()
+        from .commands import agentpkg  # issue 13 hook: what this process runs, for the restart rule
+
+        agentpkg.remember_started(self.cfg.platform)
         self._prepare_repo()
         if self.dispatcher is not None:
             try:

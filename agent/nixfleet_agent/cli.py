@@ -155,7 +155,7 @@ def _check(cfg: Config) -> int:
 
 
 def _status(overrides: dict[str, str], as_json: bool) -> int:
-    from .status import read_state
+    from .status import snapshot
 
     state_dir = state_dir_only(overrides, os.environ)
     problem = _unreadable(state_dir)
@@ -163,14 +163,9 @@ def _status(overrides: dict[str, str], as_json: bool) -> int:
         print(f"nixfleet-agent: state directory {state_dir} {problem} "
               f"(from {_state_dir_source(overrides)}); nothing to show", file=sys.stderr)
         return 1
-    state = read_state(state_dir)
-    state["state_dir"] = str(state_dir)
-    logs = sorted((state_dir / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime) if (state_dir / "logs").is_dir() else []
-    state["logs"] = [str(p) for p in logs[-20:]]
-    alive = state_dir / "alive"
-    state["alive_age_seconds"] = round(time.time() - alive.stat().st_mtime, 1) if alive.exists() else None
+    state = snapshot(state_dir)
     if as_json:
-        print(json.dumps(state, indent=2, sort_keys=True))
+        print(json.dumps(state, indent=2, sort_keys=True, default=str))
         return 0
     print(_human(state))
     return 0
@@ -200,27 +195,29 @@ def _state_dir_source(overrides: dict[str, str]) -> str:
 
 
 def _human(state: dict[str, Any]) -> str:
+    """Render :func:`status.snapshot` (every field already of its declared type)."""
     lines = [f"state dir: {state['state_dir']}"]
     age = state.get("alive_age_seconds")
     lines.append("agent: " + ("no heartbeat recorded" if age is None else f"last heartbeat tick {age:.0f} s ago"))
+    extras = state["extras"]
+    lines.append(f"last registered with the dashboard: {extras.get('last_registration') or 'never'}")
     last = state.get("last_command")
-    if isinstance(last, dict):
+    if last is not None:
         lines.append(
-            f"last command: {last.get('command')} -> {last.get('status')} (exit {last.get('exit_code')})"
-            + (f": {last.get('message')}" if last.get("message") else "") + f" at {last.get('finished_at')}"
+            f"last command: {last['command']} -> {last['status']} (exit {last['exit_code']})"
+            + (f": {last['message']}" if last["message"] else "") + f" at {last['finished_at']}"
         )
     else:
         lines.append("last command: none recorded")
-    compartments = state.get("compartments") or {}
-    for name in ("git", "lock", "system", "tests"):
-        entry = compartments.get(name) or {}
-        lines.append(f"  {name:<7} {entry.get('status') or 'unknown':<9} {entry.get('message', '')}")
-    extras = state.get("extras") or {}
-    lines.insert(2, f"last registered with the dashboard: {extras.get('last_registration') or 'never'}")
+    for name, entry in state["compartments"].items():
+        lines.append(f"  {name:<7} {entry['status'] or 'unknown':<9} {entry['message']}")
     if extras.get("repo_error"):
         lines.append(f"repository problem: {extras['repo_error']}")
     if state.get("logs"):
         lines.append(f"latest operation log: {Path(state['logs'][-1])}")
+    for path in state.get("quarantined_records", []):
+        lines.append(f"quarantined operation record: {path}")
+    lines.extend(f"problem: {p}" for p in state.get("problems", []))
     return "\n".join(lines)
 
 

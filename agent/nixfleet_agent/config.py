@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from .hostfacts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
+from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file
 
 
@@ -47,6 +48,14 @@ DEFAULT_AGENT_INPUT = "nixfleet-agent"
 AGENT_INPUT_HINT = "set services.nixfleet-agent.agentInput (agent_input) to the name your fleet flake gives this flake"
 _FLAKE_INPUT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # a Nix identifier
 PLATFORMS = ("nixos", "darwin", "home-manager")
+# The host name rule, the same regex modules/nixos.nix asserts (validAttr) and the root side checks
+# (root/request.py _ATTR): a flake attribute and a dashboard id, never a path or a shell word.
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}")
+CONFIG_FILE_MAX = 1 << 20
+# Settings that are file system paths: relative ones are refused (they would resolve against
+# whatever directory the agent was started in; a clone would land in relstate/relstate/...).
+PATH_KEYS = ("state_dir", "repo_dir", "config_repo", "token_file", "ssh_key_file", "known_hosts_file",
+             "ca_file", "privileged_dir")
 LAUNCHERS = ("detached", "privileged")
 
 # key -> (env var, kind, bounds). kind: str | int | list. Order = documentation order.
@@ -84,8 +93,11 @@ _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "outbox_max": ("NIXFLEET_OUTBOX_MAX", "int", (100, 1_000_000)),
     "stop_grace": ("NIXFLEET_STOP_GRACE", "int", (0, 600)),
     "restart_exit_code": ("NIXFLEET_RESTART_EXIT_CODE", "int", (0, 255)),
+    "op_log_max_mb": ("NIXFLEET_OP_LOG_MAX_MB", "int", (1, 10240)),
 }
 ENV_VARS = {key: spec[0] for key, spec in _SPECS.items()}
+_UNITS = {"outbox_max": "messages", "op_log_max_mb": "MiB", "update_attempts": "attempts",
+          "restart_exit_code": "an exit status"}
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class Config:
     outbox_max: int = 10000
     stop_grace: int = 3
     restart_exit_code: int = 101
+    op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
     config_file: str = ""
 
     @property
@@ -161,10 +174,9 @@ def _show(value: Any) -> str:
 def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
     tomllib = _toml()
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        problems.append(f"config file: cannot read '{path}': {exc.strerror or exc}")
+        data = tomllib.loads(read_text(path, CONFIG_FILE_MAX))
+    except LocalFileError as exc:
+        problems.append(f"config file: {exc}")
         return {}
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"config file: '{path}' is not valid TOML: {exc}")
@@ -186,7 +198,7 @@ def _convert(key: str, raw: Any, where: str, problems: list[str]) -> Any:
         try:
             value = int(str(raw).strip(), 10)
         except ValueError:
-            problems.append(f"{where}: must be an integer number of {'seconds' if key != 'outbox_max' else 'messages'} (got {_show(raw)!r})")
+            problems.append(f"{where}: must be an integer number of {_UNITS.get(key, 'seconds')} (got {_show(raw)!r})")
             return None
         if bounds and not bounds[0] <= value <= bounds[1]:
             problems.append(f"{where}: must be between {bounds[0]} and {bounds[1]} (got {_show(raw)!r})")
@@ -218,7 +230,10 @@ def _convert(key: str, raw: Any, where: str, problems: list[str]) -> Any:
 
 def _resolve_token(src: _Sources, env: Mapping[str, str], problems: list[str]) -> tuple[Secret, str]:
     if env.get("NIXFLEET_TOKEN", "") != "":
-        return Secret(env["NIXFLEET_TOKEN"].strip()), ""
+        token = env["NIXFLEET_TOKEN"].strip()
+        if not _token_ok(token):
+            problems.append("NIXFLEET_TOKEN: contains a control character (CR/LF would inject a header)")
+        return Secret(token), ""
     found = src.get("token_file")
     if found is not None:
         path, where = found
@@ -233,17 +248,37 @@ def _resolve_token(src: _Sources, env: Mapping[str, str], problems: list[str]) -
             "or provide the systemd credential 'token'"
         )
         return Secret(""), ""
+    if not os.path.isabs(path):
+        return Secret(""), path  # refused with the other relative paths, not read from the cwd
     try:
         token = read_token_file(path)
-    except OSError as exc:
-        problems.append(f"{where}: cannot read token file '{path}': {exc.strerror or exc}")
-        return Secret(""), path
-    except UnicodeDecodeError:
-        problems.append(f"{where}: token file '{path}' is not UTF-8 text")
+    except LocalFileError as exc:
+        problems.append(f"{where}: cannot read token file '{path}': {exc.reason}")
         return Secret(""), path
     if not token:
         problems.append(f"{where}: token file '{path}' contains no token")
+    elif not _token_ok(token):
+        problems.append(f"{where}: token in '{path}' contains a control character (CR/LF would inject a header)")
     return Secret(token), path
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. ws://[::1/ws (an unclosed IPv6 bracket)
+        return f"not a usable URL: {exc}"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return "must be a ws:// or wss:// URL with a host"
+    try:
+        _ = parts.port  # raises ValueError for an out-of-range port
+    except ValueError:
+        return "invalid port"
+    return None
+
+
+def _token_ok(token: str) -> bool:
+    """A token goes into an HTTP header: printable ASCII only, no CR/LF or other controls."""
+    return all(0x20 < ord(c) < 0x7F for c in token)
 
 
 def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
@@ -272,14 +307,9 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     if not url:
         problems.append("NIXFLEET_URL: required (the dashboard WebSocket URL, e.g. wss://fleet.example.com/ws)")
     else:
-        parts = urlsplit(url)
-        if parts.scheme not in ("ws", "wss") or not parts.hostname:
-            problems.append(f"{where('url')}: must be a ws:// or wss:// URL with a host (got {_show(url)!r})")
-        else:
-            try:
-                _ = parts.port  # raises ValueError for an out-of-range port
-            except ValueError:
-                problems.append(f"{where('url')}: invalid port (got {_show(url)!r})")
+        problem = _url_problem(url)
+        if problem:
+            problems.append(f"{where('url')}: {problem} (got {_show(url)!r})")
 
     level = values.get("log_level", "info").lower()
     if level == "warning":
@@ -288,8 +318,13 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         problems.append(f"{where('log_level')}: must be one of {', '.join(LOG_LEVELS)} (got {_show(values['log_level'])!r})")
 
     hostname = values.get("hostname") or detect_hostname()
-    if not hostname or any(c.isspace() or c in "/#?\"'" for c in hostname) or len(hostname) > 253:
+    if not HOSTNAME_RE.fullmatch(hostname or ""):
         problems.append(f"{where('hostname')}: not a usable host name (got {_show(hostname)!r})")
+
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            problems.append(f"{where(key)}: must be an absolute path (got {_show(value)!r})")
 
     platform_name = values.get("platform") or detect_platform()
     if platform_name not in PLATFORMS:
@@ -373,6 +408,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         outbox_max=values.get("outbox_max", 10000),
         stop_grace=values.get("stop_grace", 3),
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),
+        op_log_max_mb=values.get("op_log_max_mb", 50),
         config_file=config_path,
     )
 
@@ -388,10 +424,9 @@ def state_dir_only(argv_overrides: Mapping[str, str], env: Mapping[str, str]) ->
     if path:
         tomllib = _toml()
         try:
-            with open(path, "rb") as handle:
-                value = tomllib.load(handle).get("state_dir")
+            value = tomllib.loads(read_text(path, CONFIG_FILE_MAX)).get("state_dir")
             if isinstance(value, str) and value:
                 return Path(value)
-        except (OSError, tomllib.TOMLDecodeError):
+        except (LocalFileError, tomllib.TOMLDecodeError):
             pass
     return Path(default_state_dir(env))

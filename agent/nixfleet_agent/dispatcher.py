@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from . import log as logmod
-from . import operations
+from .ops import operations
 from .commands import Context, Job
 from .controlqueue import ControlQueue
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,50 @@ def wait_exit_without_reaping(pid: int) -> bool:
             kq.close()
         return True
     return False
+
+
+GROUP_GRACE = 1.0
+
+
+def _live_members(pgid: int) -> bool | None:
+    """Whether the group has a member that is not a zombie (Linux ``/proc``); None when unknown."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def end_group(leader: int) -> None:
+    """A command ends with its whole process group (issue 13 item 5): a background grandchild
+    (``daemon &`` in a test script, holding the pipe or not) is sent SIGTERM, then SIGKILL after
+    :data:`GROUP_GRACE`. Called while the exited leader is still an unreaped zombie, so its PID,
+    which is the group id, cannot have been reused by an unrelated group. Without ``/proc``
+    (macOS) the SIGKILL follows at once."""
+    if _live_members(leader) is False:
+        return  # the common case: nothing left behind, no signal, no wait
+    try:
+        os.killpg(leader, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + GROUP_GRACE
+    while time.monotonic() < deadline and _live_members(leader):
+        time.sleep(0.02)
+    if _live_members(leader) is not False:
+        try:
+            os.killpg(leader, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -319,6 +364,8 @@ def run(
         waiter.join()
         os.close(wake_r)
         os.close(wake_w)
+        if exited.is_set():
+            end_group(proc.pid)
         on_pid(None)
         returncode = proc.wait()
     if returncode < 0:

@@ -6,7 +6,7 @@ really needs the value has to call ``reveal()``, which is easy to audit with gre
 
 from __future__ import annotations
 
-from pathlib import Path
+from .localfile import read_text
 
 
 class Secret:
@@ -40,9 +40,14 @@ class Secret:
         raise TypeError("Secret cannot be pickled")
 
 
+TOKEN_FILE_MAX = 64 * 1024
+
+
 def read_token_file(path: str) -> str:
-    """Accept a bare token or ``NIXFLEET_TOKEN=<token>`` (systemd EnvironmentFile form)."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Accept a bare token or ``NIXFLEET_TOKEN=<token>`` (systemd EnvironmentFile form).
+
+    Bounded, non-blocking and strictly decoded (see ``localfile``): raises LocalFileError."""
+    text = read_text(path, TOKEN_FILE_MAX)
     lines = [line.strip().replace("\r", "") for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("#")]
     for line in lines:

@@ -33,12 +33,69 @@ def _empty() -> dict[str, str]:
     return {"status": "", "message": "", "checked_at": ""}
 
 
+STATE_MAX_BYTES = 1 << 20  # the agent writes a few KiB; anything larger is not its state file
+
+
 def read_state(state_dir: Path) -> dict[str, Any]:
+    """The decoded state file, {} when absent, unreadable, oversized or not a JSON object."""
     try:
-        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+        with open(state_dir / STATE_FILE, "rb") as fh:
+            raw = fh.read(STATE_MAX_BYTES + 1)
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= STATE_MAX_BYTES else None
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
+
+
+def snapshot(state_dir: Path) -> dict[str, Any]:
+    """What ``nixfleet-agent status`` shows, with every field of the declared type.
+
+    Why: the state file may be type-corrupted (an old agent, a hand edit, a disk fault) and the
+    state directory may be unreadable to the caller; the status command is what an operator runs
+    exactly then, so it shows what it can and never raises.
+    """
+    data = read_state(state_dir)
+    found = data.get("compartments")
+    raw_comp: dict[str, Any] = found if isinstance(found, dict) else {}
+    compartments: dict[str, dict[str, str]] = {}
+    for name in COMPARTMENTS:
+        value = raw_comp.get(name)
+        entry: dict[str, Any] = value if isinstance(value, dict) else {}
+        compartments[name] = {k: _text(entry.get(k)) for k in ("status", "message", "checked_at")}
+    last = data.get("last_command")
+    last_command: dict[str, Any] | None = None
+    if isinstance(last, dict):
+        last_command = {k: _text(last.get(k)) for k in ("command", "status", "message", "finished_at")}
+        code = last.get("exit_code")
+        last_command["exit_code"] = code if isinstance(code, int) and not isinstance(code, bool) else None
+    extras = data.get("extras") if isinstance(data.get("extras"), dict) else {}
+    out: dict[str, Any] = {"state_dir": str(state_dir), "compartments": compartments,
+                           "last_command": last_command, "extras": extras, "problems": []}
+    logs: list[Path] = []
+    try:
+        logs = sorted(p for p in (state_dir / "logs").iterdir() if p.suffix == ".log")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        out["problems"].append(f"cannot list {state_dir / 'logs'}: {exc.strerror or exc}")
+    out["logs"] = [str(p) for p in logs[-20:]]
+    try:
+        out["alive_age_seconds"] = round(time.time() - (state_dir / "alive").stat().st_mtime, 1)
+    except FileNotFoundError:
+        out["alive_age_seconds"] = None
+    except OSError as exc:
+        out["alive_age_seconds"] = None
+        out["problems"].append(f"cannot read {state_dir / 'alive'}: {exc.strerror or exc}")
+    if not os.access(state_dir, os.R_OK | os.X_OK) and state_dir.exists():
+        out["problems"].append(f"state dir {state_dir} is not readable by this user")
+    from .ops.journal import quarantined  # status stays importable without the ops package loaded
+
+    out["quarantined_records"] = [str(p) for p in quarantined(state_dir)]
+    return out
 
 
 class StatusStore:

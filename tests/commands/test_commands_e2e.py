@@ -220,3 +220,22 @@ def test_macos_rollback_refuses_without_previous_generation(session, tmp_path: P
     status, _ = session.run("rollback")
     assert status["status"] == "error" and status["message"] == "no previous generation"
     assert not (session.shims.dir / "activated").exists()
+
+
+def test_agent_updated_out_of_band_restarts_on_the_next_switch(session, tmp_path: Path) -> None:
+    """Issue 13 item 3: the restart rule compares with what this process was started from."""
+    old, new = tmp_path / "pkg-old" / "nixfleet-agent", tmp_path / "pkg-new" / "nixfleet-agent"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_text(f"#!/bin/sh\necho nixfleet-agent {path.parent.name}\n")
+        path.chmod(0o755)
+    link = tmp_path / ".nix-profile" / "bin" / "nixfleet-agent"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(old)
+    session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_RESTART_EXIT_CODE="0")
+    tmp = link.with_name(".swap")
+    tmp.symlink_to(new)
+    os.replace(tmp, link)  # an admin updated the agent; the running process is still the old one
+    mark = session.send("switch")  # this switch itself changes nothing
+    assert session.status_of("switch", mark).payload["status"] == "ok"
+    assert session.agent.wait(10) == 0  # restarted to run what is installed

@@ -54,7 +54,7 @@ def test_only_one_of_many_simultaneous_commands_runs(tmp_path: Path) -> None:
     script = tests / "T01.sh"
     script.write_text(f"#!/bin/sh\necho started\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n")
     script.chmod(0o755)
-    cfg = SimpleNamespace(state_dir=tmp_path / "state", repo_dir=tmp_path / "repo", hostname="h",
+    cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
                           platform="nixos", stop_grace=3)
     cfg.state_dir.mkdir(mode=0o700)
     rep = RecordingReporter()

@@ -171,3 +171,30 @@ def test_force_update_has_root_refresh_the_lock_of_the_published_commit(session,
             "--option", "narinfo-cache-negative-ttl", "0"], argv
     finally:
         root.close()
+
+
+def test_root_unit_dying_without_a_result_ends_the_switch_and_frees_the_agent(session, tmp_path: Path) -> None:
+    """Issue 13 item 1: the root side consumed the request, wrote some output and died (no
+    result.json ever). The agent reports a final error naming the unit's state and takes the next
+    command, also after a restart."""
+    from cmd_support import take_request
+
+    out_dir = tmp_path / "privileged-root"
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    mark = session.send("switch")
+    request = take_request(state / "privileged" / "request.json")
+    (out_dir / request["id"]).mkdir(parents=True)
+    (out_dir / request["id"] / "output.log").write_text("building the system configuration...\n")
+    session.dash.wait_message("output", since=mark, where=lambda r: "building the system" in r.payload["line"])
+    session.shims.set("unit_state", "ActiveState=failed\nResult=signal")  # root's oneshot was killed
+    status = session.status_of("switch", mark, timeout=20).payload
+    assert status["status"] == "error"
+    assert "ended without a result" in status["message"] and "Result=signal" in status["message"]
+    status, _ = session.run("refresh-lock")  # not busy any more
+    assert status["status"] == "ok"
+    session.agent.stop()
+    mark = session.dash.mark()
+    session.start(NIXFLEET_SWITCH_LAUNCHER="privileged", NIXFLEET_PRIVILEGED_DIR=str(out_dir))
+    session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+    assert not [r for r in session.dash.messages("status", since=mark) if r.payload.get("command") == "switch"]

@@ -73,3 +73,54 @@ def test_agent_shutdown_mid_test_reports_it_before_exiting(session, fleet_repo) 
     status = session.status_of("test", mark, timeout=5).payload
     assert status["status"] == "stopped" and status["message"].startswith("stopped by agent shutdown"), status
     assert "never" not in session.lines(session.dash.messages(since=mark))
+
+
+def test_without_a_repository_is_an_error_not_success(session, tmp_path) -> None:
+    """Issue 13 item 6: nothing was looked at, so Tests must not turn green."""
+    session.start(NIXFLEET_REPO_URL=str(tmp_path / "no-such-origin"))
+    status, _ = session.run("test")
+    assert status["status"] == "error" and "repository not ready" in status["message"]
+    hb = session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=10)
+    assert hb.payload["update_status"]["tests"]["status"] != "ok"
+
+
+def test_op_log_is_bounded_by_size_with_a_visible_marker(session, fleet_repo) -> None:
+    """Issue 13 item 5: op logs have a size bound (setting op_log_max_mb), not only a count."""
+    from pathlib import Path
+
+    add_tests(fleet_repo, {"T01-chatty.sh": "i=0; while [ $i -lt 30000 ]; do echo \"line $i $(printf '%060d' 0)\"; i=$((i+1)); done"})
+    session.start(NIXFLEET_OP_LOG_MAX_MB="1")
+    status, records = session.run("test", timeout=60)
+    assert status["status"] == "ok"
+    assert any(line.startswith("line 29999 ") for line in session.lines(records))  # the stream is complete
+    logs = sorted((Path(session.agent.env["NIXFLEET_STATE_DIR"]) / "logs").glob("*.log"))
+    text = logs[-1].read_text()
+    assert logs[-1].stat().st_size <= 1024 * 1024 + 200
+    assert "log truncated at 1048576 bytes" in text and "line 29999 " not in text
+
+
+def test_a_background_grandchild_ends_with_the_test(session, fleet_repo, tmp_path) -> None:
+    """Issue 13 item 5: the finished script's process group is ended, also a grandchild holding the pipe."""
+    import os
+
+    from support import wait_for
+
+    pidfile = tmp_path / "grandchild.pid"
+    add_tests(fleet_repo, {"T01-bg.sh": f"sleep 300 & echo $! > {pidfile}; echo started"})
+    session.start()
+    status, _ = session.run("test", timeout=30)
+    assert status["status"] == "ok"
+    pid = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except FileNotFoundError:
+            return True
+
+    try:
+        wait_for(gone, 5, "the background grandchild to be ended")
+    finally:
+        if not gone():
+            os.kill(pid, 9)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from nixfleet_agent import operations
+from nixfleet_agent.ops import operations
 from nixfleet_agent.commands import agentpkg, rebuild
 
 
@@ -49,11 +49,13 @@ def test_result_file_parsing(tmp_path: Path) -> None:
 
 
 def test_corrupt_operation_record_is_skipped(tmp_path: Path) -> None:
+    log_path, result_path = operations.paths_for(tmp_path, tmp_path / "priv", "20260101T000000Z-abcd", "detached")
     op = operations.Operation(id="20260101T000000Z-abcd", command="switch", action="switch", argv=["x"],
-                              launcher="detached", log_path="l", result_path="r")
+                              launcher="detached", log_path=str(log_path), result_path=str(result_path))
     operations.save(tmp_path, op)
     (operations.ops_dir(tmp_path) / "20260101T000001Z-ffff.json").write_text("{not json")
     assert [o.id for o in operations.unreported(tmp_path)] == [op.id]
+    assert (operations.ops_dir(tmp_path) / "20260101T000001Z-ffff.bad").is_file()  # quarantined
     assert (operations.ops_dir(tmp_path).stat().st_mode & 0o777) == 0o700
     operations.mark_reported(tmp_path, op)
     assert operations.unreported(tmp_path) == []

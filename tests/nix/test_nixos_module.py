@@ -212,6 +212,7 @@ def test_settings_override_options(tmp_path: Path) -> None:
         ({"sshKeyFile": "/nix/store/0000000000000000000000000000000a-key"},
          "services.nixfleet-agent.sshKeyFile is inside the Nix store"),
         ({"hostname": "web 1"}, "services.nixfleet-agent.hostname must be 1-63 characters"),
+        ({"hostname": ".."}, "services.nixfleet-agent.hostname must be 1-63 characters"),  # issue 13: one rule
         ({"settings": {"token": "secret"}}, "services.nixfleet-agent.settings.token would put the token"),
         ({"settings": {"repo_dir": "/srv/clone"}}, "settings.repo_dir and .state_dir cannot be set on NixOS"),
         ({"settings": {"state_dir": "/srv/state"}}, "settings.repo_dir and .state_dir cannot be set on NixOS"),
@@ -219,7 +220,7 @@ def test_settings_override_options(tmp_path: Path) -> None:
          "services.nixfleet-agent.configRepoUser must name the owner of configRepo /srv/nixcfg"),
         ({"configRepoUser": "alice"}, "services.nixfleet-agent.configRepoUser only applies with configRepo"),
     ],
-    ids=["no-url", "no-token", "no-repo", "both-repos", "token-in-store", "key-in-store", "bad-hostname",
+    ids=["no-url", "no-token", "no-repo", "both-repos", "token-in-store", "key-in-store", "bad-hostname", "dotdot-hostname",
          "token-in-settings", "repo-dir", "state-dir", "legacy-without-user", "user-without-legacy"],
 )
 def test_each_assertion_fires(tmp_path: Path, overrides: dict[str, object], message: str) -> None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import operations, oplog, runner
+from .. import runner
 from ..kinds import CommandStatus
+from ..ops import operations, oplog
 from ..redact import redact
 from ..runner import Result
 
@@ -69,7 +70,8 @@ def open_command_log(ctx: Context, name: str, op_id: str | None = None) -> oplog
     # a switch's log must survive rotation until its result has been reported
     keep = tuple(op.id for op in operations.unreported(state_dir))
     try:
-        return oplog.open_log(state_dir, op_id, header=header, protect=keep)
+        return oplog.open_log(state_dir, op_id, header=header, protect=keep,
+                              max_bytes=ctx.cfg.op_log_max_mb * 1024 * 1024)
     except OSError:
         return oplog.NullLog()
 

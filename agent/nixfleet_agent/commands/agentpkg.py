@@ -129,8 +129,25 @@ def fingerprint(platform: str) -> str:
     return "agent:" + _describe(agent) if agent is not None else ""
 
 
+_STARTED: dict[str, str] = {}
+
+
+def remember_started(platform: str) -> str:
+    """Take the fingerprint of what *this process* was started from (called once at agent start).
+
+    Why (issue 13 item 3): comparing before/after one switch misses an agent updated out of band
+    (an admin's ``nixos-rebuild``: every later switch sees "unchanged" and the old agent runs on)
+    and makes an agent restarted mid-switch that already runs the new version exit again.
+    """
+    _STARTED[platform] = fingerprint(platform)
+    return _STARTED[platform]
+
+
 def restart_needed(platform: str, before: str) -> tuple[bool, str]:
-    """(restart?, why) after a successful switch; ``before`` is :func:`fingerprint` from its start."""
+    """(restart?, why) after a successful switch. Compared with the fingerprint this process was
+    started from (:func:`remember_started`); ``before`` (taken when the switch started) only when
+    that is unknown (ad-hoc callers)."""
+    before = _STARTED.get(platform, before)
     after = fingerprint(platform)
     if before.startswith("service:") or after.startswith("service:"):
         if before != after:

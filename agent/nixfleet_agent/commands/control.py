@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from .. import log as logmod
-from .. import operations, oplog
 from ..kinds import Action, CommandStatus, LaunchMode
+from ..ops import operations, oplog
 from ..runner import Result
 from ..runner import run as run_child
 from . import Context, open_command_log, privileged_switch, sudo_n

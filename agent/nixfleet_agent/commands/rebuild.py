@@ -22,7 +22,8 @@ import os
 import re
 from pathlib import Path
 
-from .. import flakeupdate, nix, operations
+from .. import flakeupdate, nix
+from ..ops import operations
 from .. import log as logmod
 from ..kinds import Action, LaunchMode
 from ..runner import Result, signal_name

@@ -3,7 +3,9 @@
 ``hosts/<host>/tests/*.sh`` in sorted order, each on its own (own process group, streamed, its
 exit status counted), a ``test_progress`` message after each, and the command fails if any
 script failed. Upstream's shell loop returned the last script's status only and called "no
-tests" a failure; here "no tests" is a success (T08). A ``*.sh`` file that is not executable is
+tests" a failure; here "no tests" is a success (T08) - but only in a repository that is there: without
+one nothing was looked at, so ``test`` is an error and Tests does not turn green next to "Repository
+unavailable" (issue 13 item 6). A ``*.sh`` file that is not executable is
 skipped with a warning line and not counted (upstream's ``[ -x "$f" ] &&`` intent). On macOS the
 Nix profile script is sourced first when present, as upstream did, so tests find ``nix``.
 """
@@ -22,6 +24,17 @@ def test(job: Job) -> None:
     ctx = job.ctx
     cfg = ctx.cfg
     tests_dir = job.repo_path / "hosts" / cfg.hostname / "tests"
+    repo = ctx.repo
+    unusable = (not job.repo_path.is_dir() if repo is None  # no repo module in this build: the dir as is
+                else not repo.ready() and bool(repo.last_error or not repo.path.is_dir()))
+    if unusable:
+        why = (repo.last_error if repo is not None and repo.last_error else f"no repository at {job.repo_path}")
+        job.progress("tests", 0, 8, "error")
+        job.err(f"❌ Cannot run tests: repository not ready ({why})")
+        ctx.status.set("tests", "error", "Tests not run: repository not ready")
+        job.status("error", 1, f"repository not ready: {why}")
+        ctx.reporter.heartbeat_now()
+        return
     job.progress("tests", 0, 8, "in_progress")
     ctx.status.set("tests", "working", "Tests running...")
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 
 from .. import flakeupdate
-from ..operations import signal_group
+from ..ops.operations import signal_group
 from . import Job
 from .rebuild import pull_switch
 

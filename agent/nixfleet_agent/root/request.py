@@ -28,9 +28,9 @@ FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock")
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2
 
-_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the same rule as ops/journal.ID_RE
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_ATTR = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_ATTR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}")  # = config.HOSTNAME_RE = modules/nixos.nix validAttr
 
 
 class RequestError(Exception):

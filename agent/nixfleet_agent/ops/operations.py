@@ -34,21 +34,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from . import log as logmod
-from .kinds import Action, LaunchMode
-from .oplog import logs_dir
-from .privatefs import ensure_private_dir, write_private
-from .runner import CHUNK, LineSplitter, Result, child_env
+from .. import log as logmod
+from . import liveness
+from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
+from ..privatefs import ensure_private_dir, write_private
+from ..runner import CHUNK, LineSplitter, Result, child_env
+
+# the journal's API, re-exported: callers keep using ``operations.save`` etc.
+__all__ = ["Operation", "load_all", "mark_reported", "ops_dir", "prune", "save", "unreported", "valid_id"]
 
 _log = logmod.get("operations")
 
 FOLLOW_TICK = 0.05
 OFFSET_SAVE_EVERY = 1.0
 PICKUP_TIMEOUT = 60.0  # privileged request not consumed within this -> the root unit is missing
+LIVENESS_EVERY = 2.0  # how often a privileged follow asks systemd whether the root unit still runs
 
 # Runs as `python -c WRAPPER <result> <log> <cwd> argv...`; must stay dependency-free.
 WRAPPER = r"""
@@ -73,80 +76,6 @@ with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     json.dump(out, f)
 os.replace(tmp, res)
 """
-
-
-@dataclass
-class Operation:
-    id: str
-    command: str  # the dashboard's command name (switch, pull-switch, rollback, force-update, ...)
-    action: Action  # what the privileged side is asked to do
-    argv: list[str]
-    launcher: LaunchMode
-    log_path: str
-    result_path: str
-    cwd: str = ""
-    commit: str = ""
-    pre_generation: str = ""
-    pre_system: str = ""
-    agent_before: str = ""
-    flake_attr: str = ""
-    refresh: bool = False  # privileged: build bypassing Nix's negative narinfo cache (force-*)
-    update_lock: bool = False  # privileged force-update: root refreshes the agent's input before building
-    pid: int | None = None
-    started_at: float = field(default_factory=time.time)
-    reported: bool = False
-
-    def __post_init__(self) -> None:
-        # read back from JSON as plain strings: an unknown value is a ValueError (record skipped)
-        self.action = Action(self.action)
-        self.launcher = LaunchMode(self.launcher)
-
-
-def ops_dir(state_dir: Path) -> Path:
-    return Path(state_dir) / "operations"
-
-
-def save(state_dir: Path, op: Operation) -> None:
-    write_private(ops_dir(state_dir) / f"{op.id}.json", json.dumps(asdict(op), indent=1), durable=True)
-
-
-def load_all(state_dir: Path) -> list[Operation]:
-    """All readable operation records, oldest first; a corrupt record is logged and skipped."""
-    out: list[Operation] = []
-    try:
-        paths = sorted(ops_dir(state_dir).glob("*.json"))
-    except OSError:
-        return out
-    names = set(Operation.__dataclass_fields__)
-    for path in paths:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            out.append(Operation(**{k: v for k, v in data.items() if k in names}))
-        except (OSError, ValueError, TypeError) as exc:
-            _log.warn("operation_record_unreadable", file=str(path), error=str(exc))
-    return out
-
-
-def unreported(state_dir: Path) -> list[Operation]:
-    return [op for op in load_all(state_dir) if not op.reported]
-
-
-def mark_reported(state_dir: Path, op: Operation) -> None:
-    op.reported = True
-    save(state_dir, op)
-    prune(state_dir)
-
-
-def prune(state_dir: Path, keep: int = 20) -> None:
-    """Keep the newest ``keep`` reported records (with their result/offset files)."""
-    done = [op for op in load_all(state_dir) if op.reported]
-    directory = ops_dir(state_dir)
-    for op in done[: max(0, len(done) - keep)]:
-        for suffix in (".json", ".result", ".offset"):
-            try:
-                (directory / f"{op.id}{suffix}").unlink()
-            except OSError:
-                pass
 
 
 def read_result(path: Path) -> Result | None:
@@ -262,11 +191,8 @@ def rejected_path(privileged_dir: Path) -> Path:
 
 
 def paths_for(state_dir: Path, privileged_dir: Path, op_id: str, launcher: str) -> tuple[Path, Path]:
-    """(log, result) paths for an operation under the given launcher."""
-    if launcher == "privileged":
-        base = Path(privileged_dir) / op_id
-        return base / "output.log", base / "result.json"
-    return logs_dir(state_dir) / f"{op_id}.log", ops_dir(state_dir) / f"{op_id}.result"
+    """(log, result) paths for an operation under the given launcher (the journal's one rule)."""
+    return expected_paths(state_dir, op_id, launcher, privileged_dir)
 
 
 def load_offset(state_dir: Path, op: Operation) -> int:
@@ -305,6 +231,7 @@ def follow(
     unreadable = False
     fh = None
     waited_since = time.monotonic()
+    checked_at, dead = time.monotonic(), 0
     try:
         while True:
             if fh is None and not unreadable:
@@ -361,6 +288,18 @@ def follow(
                 refusal = _rejection(rejected_path(Path(op.log_path).parent.parent), op)
                 if refusal is not None and not request_path.exists():
                     return Result(exit_code=2, start_error=f"privileged switch request rejected: {refusal}")
+            if (op.launcher == "privileged" and request_path is not None and not request_path.exists()
+                    and time.monotonic() - checked_at >= LIVENESS_EVERY):
+                checked_at = time.monotonic()
+                state = liveness.unit_state()
+                dead = dead + 1 if liveness.ended(state) else 0
+                if dead >= 2 and read_result(result_path) is None:  # twice: never a unit between requests
+                    splitter.close()
+                    save_offset(state_dir, op, offset - splitter.pending_bytes())
+                    state = state or {}
+                    return Result(exit_code=1, start_error=(
+                        f"the privileged unit {liveness.PRIVILEGED_UNIT} ended without a result "
+                        f"(ActiveState={state.get('ActiveState')}, Result={state.get('Result', '?')})"))
             if stop_event.wait(FOLLOW_TICK):
                 save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return None

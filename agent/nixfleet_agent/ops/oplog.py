@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .privatefs import ensure_private_dir
+from ..privatefs import ensure_private_dir
 
 KEEP = 20
+MAX_BYTES = 50 * 1024 * 1024  # default per-operation bound (setting op_log_max_mb)
 CHUNK_BUFFER = 64 * 1024
 _ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4,8}$")
 
@@ -69,15 +70,19 @@ class OpLog:
     writes are skipped, the dashboard stream is unaffected.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = MAX_BYTES) -> None:
         self.path = path
         self.error: str | None = None
+        self.max_bytes = max_bytes
+        self.truncated = False
+        self._written = 0
         self._lock = threading.Lock()
         self._fh: IO[str] | None = None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             # block-buffered: the runner writes a whole chunk of lines, then flushes once
             self._fh = os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=CHUNK_BUFFER)
+            self._written = os.fstat(fd).st_size  # a reopened switch log counts what it holds
         except OSError as exc:
             self.error = f"cannot open {path}: {exc.strerror or exc}"
 
@@ -89,6 +94,17 @@ class OpLog:
             if self._fh is None:
                 return
             try:
+                size = len(line.encode("utf-8", "replace")) + 1
+                if self._written + size > self.max_bytes:
+                    # bounded by size as well as count: a chatty command (~100 MiB/min) must not
+                    # fill the state dir; the rest still streams to the dashboard
+                    self._fh.write(f"[nixfleet-agent: log truncated at {self.max_bytes} bytes; "
+                                   "further output was only streamed to the dashboard]\n")
+                    self._fh.flush()
+                    self.truncated = True
+                    self._close_locked()
+                    return
+                self._written += size
                 self._fh.write(line + "\n")
                 if flush:
                     self._fh.flush()
@@ -133,15 +149,16 @@ class NullLog(OpLog):
         self.error = None
         self._lock = threading.Lock()
         self._fh = None
+        self.max_bytes, self.truncated, self._written = MAX_BYTES, False, 0
 
 
 def open_log(state_dir: Path, op_id: str | None = None, header: str | None = None,
-             protect: tuple[str, ...] = ()) -> OpLog:
+             protect: tuple[str, ...] = (), max_bytes: int = MAX_BYTES) -> OpLog:
     """Create ``logs/<op-id>.log`` (rotating older ones, except ``protect``) and return it."""
     op_id = op_id or new_op_id()
     directory = ensure_private_dir(logs_dir(state_dir))
     rotate(state_dir, keep=KEEP - 1, protect=(op_id, *protect))
-    log = OpLog(directory / f"{op_id}.log")
+    log = OpLog(directory / f"{op_id}.log", max_bytes)
     if header:
         log.write(header)
     return log

@@ -1,0 +1,1 @@
+"""Operations that outlive the agent: their journal, launchers, follower and per-operation logs."""
