@@ -77,7 +77,10 @@ def test_relative_paths_refused(tmp_path: Path, var: str) -> None:
 
 
 def _module_regex() -> re.Pattern[str]:
-    text = (ROOT / "modules" / "nixos.nix").read_text()
+    module = ROOT / "modules" / "nixos.nix"
+    if not module.exists():
+        pytest.skip("no modules/ in this tree (the package's check phase has only agent/ and tests)")
+    text = module.read_text()
     found = re.search(r'validAttr = .*builtins\.match "([^"]+)" cfg\.hostname', text)
     assert found, "validAttr regex not found in modules/nixos.nix"
     return re.compile(found.group(1))

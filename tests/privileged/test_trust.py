@@ -222,6 +222,8 @@ def test_openpgp_signatures_against_the_configured_keys(host: Host, signers: Sig
         other = commit(host.origin, {"c.nix": "{ }\n"}, "pgp other", "-c", "user.signingkey=other@example.test",
                        "-c", "commit.gpgSign=true")
     finally:
+        # the gpg-agent that signing started must not outlive the test
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ), capture_output=True, check=False)
         del os.environ["GNUPGHOME"]
     ssh_signed = commit(host.origin, {"d.nix": "{ }\n"}, "ssh", *signers.flags("admin"))
     host.write(host.good(id="other", commit=other))
