@@ -5,7 +5,7 @@ commit used to be authored by the agent in its own clone, which is exactly what 
 build. Now the agent only asks (``update_lock`` in the request, on the published commit it pulled)
 and root, after fetching and verifying that commit:
 
-1. checks it out into a throwaway work tree of its own (``<state>/work/<id>``, ``0700``), through a
+1. checks it out into a throwaway work tree of its own (``work/<id>`` under root's state directory, ``0700``), through a
    private index, so nothing of root's clone changes;
 2. runs ``nix flake lock --update-input <agent input>`` there with the negative narinfo cache off
    (the input name comes from root's own command line, the NixOS module, not from the request);
