@@ -22,12 +22,12 @@ from .link import protocol
 from .link.backoff import Backoff
 from .config import Config
 from .link.session import Connection
-from .heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
+from .host.heartbeat import Heartbeat, LocalRepoFacts, RepoFacts
 from .link.journal import Journal
 from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
-from .status import StatusStore, now_rfc3339
+from .host.status import StatusStore, now_rfc3339
 
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection

@@ -155,7 +155,7 @@ def _check(cfg: Config) -> int:
 
 
 def _status(overrides: dict[str, str], as_json: bool) -> int:
-    from .status import snapshot
+    from .host.status import snapshot
 
     state_dir = state_dir_only(overrides, os.environ)
     problem = _unreadable(state_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .hostfacts import default_state_dir, detect_hostname, detect_platform, is_darwin
+from .host.facts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
 from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file

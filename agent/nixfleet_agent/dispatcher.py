@@ -146,7 +146,7 @@ class Dispatcher:
             return self._current, self._pid
 
     def emit(self, line: str, stream: str = "stdout") -> None:
-        """Route a note (e.g. from repo.py) to the running command's output, else to the log."""
+        """Route a note (e.g. from repo.clone) to the running command's output, else to the log."""
         job = self._job
         if job is not None:
             job.say(line, stream)

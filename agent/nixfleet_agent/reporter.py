@@ -15,7 +15,7 @@ from .kinds import CommandStatus
 from .link import protocol
 from .link.outbox import Message, Outbox
 from .redact import redact
-from .status import StatusStore
+from .host.status import StatusStore
 
 _log = log.get("reporter")
 

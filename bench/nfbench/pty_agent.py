@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from nixfleet_agent import cli, runner
+from nixfleet_agent import cli
+from nixfleet_agent.ops import runner
 
 _original = runner.run
 

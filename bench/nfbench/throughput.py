@@ -114,7 +114,7 @@ def run_floor(figs: Figures, runs: int, lines: int) -> None:
 
 def run_runner_only(figs: Figures, runs: int, lines: int) -> None:
     """The runner on its own: child → pipe/pty → split → a sink that counts."""
-    from nixfleet_agent import runner
+    from nixfleet_agent.ops import runner
 
     class Count:
         n = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nixfleet_agent import freshness
+from nixfleet_agent.host import freshness
 from nixfleet_agent.commands import agentpkg
 
 

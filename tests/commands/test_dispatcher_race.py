@@ -9,7 +9,7 @@ from typing import Any
 
 from nixfleet_agent.commands import Context
 from nixfleet_agent.dispatcher import Dispatcher
-from nixfleet_agent.status import StatusStore
+from nixfleet_agent.host.status import StatusStore
 from support import wait_for
 
 

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from nixfleet_agent import runner
+from nixfleet_agent.ops import runner
 from nixfleet_agent.ops import oplog
 from support import wait_for
 

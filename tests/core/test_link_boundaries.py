@@ -156,7 +156,7 @@ def test_state_json_only_ever_holds_redacted_text(tmp_path):
     """Before: a status message was persisted to state.json before it was redacted."""
     from nixfleet_agent.link.outbox import Outbox
     from nixfleet_agent.reporter import Reporter
-    from nixfleet_agent.status import StatusStore
+    from nixfleet_agent.host.status import StatusStore
 
     store = StatusStore(tmp_path)
     reporter = Reporter(Outbox(100), store)

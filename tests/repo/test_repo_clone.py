@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from nixfleet_agent.repo import Repo, RepoError
+from nixfleet_agent.repo.clone import Repo, RepoError
 from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 
 

@@ -7,8 +7,8 @@ import shlex
 from pathlib import Path
 
 import pytest
-from nixfleet_agent import gitenv
-from nixfleet_agent.repo import DEPRECATION, Repo, RepoError
+from nixfleet_agent.repo import gitenv
+from nixfleet_agent.repo.clone import DEPRECATION, Repo, RepoError
 from repo_servers import HttpBackend
 from repo_support import Collect, Emitted, Remote, make_cfg, sh_git
 

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from nixfleet_agent import flakeupdate
-from nixfleet_agent.repo import Repo, RepoError
+from nixfleet_agent.repo import lockupdate
+from nixfleet_agent.repo.clone import Repo, RepoError
 from repo_servers import Sshd, keygen
 from repo_support import Collect, Emitted, FlakeRemote, Remote, make_cfg
 
@@ -83,7 +83,7 @@ def test_update_pushes_over_ssh_with_a_read_write_deploy_key(tmp_path: Path, ssh
     new_rev = flake.bump_dep("v2")
     repo = Repo(make_cfg(tmp_path, repo_url=sshd.url(flake.bare), ssh_key_file=str(sshd.deploy_key)))
     repo.ensure()
-    result = flakeupdate.update(repo, Collect(), emit=emitted)
+    result = lockupdate.update(repo, Collect(), emit=emitted)
     assert result.outcome == "pushed", emitted.text()
     assert flake.head() == result.commit
     assert new_rev in flake.show("flake.lock")
@@ -96,7 +96,7 @@ def test_read_only_deploy_key_falls_back_to_pull_switch(tmp_path: Path, sshd: Ss
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=sshd.url(flake.bare), ssh_key_file=str(sshd.read_only_key)))
     repo.ensure()  # fetching is allowed
-    result = flakeupdate.update(repo, Collect(), emit=emitted)
+    result = lockupdate.update(repo, Collect(), emit=emitted)
     assert result.needs_pull_switch, result.message
     assert "read only" in result.message and "falling back to pull + switch" in result.message
     assert flake.head() == before and repo.head() == before

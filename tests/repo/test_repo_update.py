@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pytest
-from nixfleet_agent import flakeupdate
-from nixfleet_agent.flakeupdate import UpdateResult
-from nixfleet_agent.repo import Repo
+from nixfleet_agent.repo import lockupdate
+from nixfleet_agent.repo.lockupdate import UpdateResult
+from nixfleet_agent.repo.clone import Repo
 from repo_servers import GitDaemon, HttpBackend
 from repo_support import Collect, Emitted, FlakeRemote, make_cfg, sh_git
 
@@ -37,7 +37,7 @@ def test_update_commits_and_pushes_the_new_lock(tmp_path: Path, flake: FlakeRemo
     new_rev = flake.bump_dep("dep v2")
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
     repo.ensure()
-    result = flakeupdate.update(repo, run)
+    result = lockupdate.update(repo, run)
     assert result.outcome == "pushed" and result.exit_code == 0 and not result.needs_pull_switch
     assert locked_rev(flake.show("flake.lock")) == new_rev
     assert flake.head() == result.commit == repo.head()
@@ -68,7 +68,7 @@ def test_bump_moves_only_the_agent_input(tmp_path: Path, run: Collect) -> None:
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
     repo.ensure()
     assert repo.cfg.agent_input == "nixfleet-agent"
-    result = flakeupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
+    result = lockupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
     assert result.outcome == "pushed", result
     after = json.loads(flake.show("flake.lock"))["nodes"]
     assert after["nixfleet-agent"]["locked"]["rev"] == agent_rev
@@ -83,7 +83,7 @@ def test_bump_of_an_input_the_flake_lacks_is_an_error_naming_it(tmp_path: Path, 
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url), emit=emitted)
     repo.ensure()
-    result = flakeupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
+    result = lockupdate.update(repo, run, inputs=(repo.cfg.agent_input,))
     assert result.exit_code != 0 and result.outcome == "failed"
     assert ("error: flake.lock has no input 'nixfleet-agent' (it has: dep): set services.nixfleet-agent.agentInput "
             "(agent_input) to the name your fleet flake gives this flake", "stderr") in emitted.lines, emitted.lines
@@ -94,7 +94,7 @@ def test_update_with_nothing_new_reports_up_to_date(tmp_path: Path, flake: Flake
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
     repo.ensure()
-    result = flakeupdate.update(repo, run)
+    result = lockupdate.update(repo, run)
     assert result.outcome == "up-to-date" and result.exit_code == 0
     assert "already up to date" in result.message
     assert flake.head() == before
@@ -104,7 +104,7 @@ def test_configured_author_identity_is_used(tmp_path: Path, flake: FlakeRemote, 
     flake.bump_dep("v2")
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url, git_author_name="Fleet Bot", git_author_email="bot@example.org"))
     repo.ensure()
-    assert flakeupdate.update(repo, run).outcome == "pushed"
+    assert lockupdate.update(repo, run).outcome == "pushed"
     assert flake.log("%an <%ae> / %cn <%ce>")[0] == "Fleet Bot <bot@example.org> / Fleet Bot <bot@example.org>"
 
 
@@ -132,7 +132,7 @@ def test_rejected_push_is_redone_on_top_of_the_remote(tmp_path: Path, flake: Fla
     repo = Repo(make_cfg(tmp_path, repo_url=flake.url))
     repo.ensure()
     race = RaceRun(flake)
-    result = flakeupdate.update(repo, race, rand=no_sleep, emit=emitted)  # notes go to this command
+    result = lockupdate.update(repo, race, rand=no_sleep, emit=emitted)  # notes go to this command
     assert result.outcome == "pushed" and result.attempts == 2
     assert "push rejected" in emitted.text()
     subjects = flake.log("%s")
@@ -151,7 +151,7 @@ def test_gives_up_after_bounded_attempts(tmp_path: Path, flake: FlakeRemote, emi
             self.fired = False
             return super().__call__(argv, env, cwd)
 
-    result = flakeupdate.update(repo, AlwaysRace(flake), rand=no_sleep)
+    result = lockupdate.update(repo, AlwaysRace(flake), rand=no_sleep)
     assert result.outcome == "failed" and result.exit_code != 0 and result.attempts == 2
     assert "gave up after 2 attempts" in result.message
     assert repo.head() == sh_git("rev-parse", "origin/main", cwd=repo.path)  # no stray local commit
@@ -168,7 +168,7 @@ def test_two_agents_updating_at_once_both_finish_linearly(tmp_path: Path, flake:
 
     def agent(repo: Repo) -> None:
         gate.wait(10)
-        results.append(flakeupdate.update(repo, Collect(), backoff_base=0.2))
+        results.append(lockupdate.update(repo, Collect(), backoff_base=0.2))
 
     threads = [threading.Thread(target=agent, args=(r,)) for r in repos]
     for t in threads:
@@ -206,7 +206,7 @@ def test_a_hung_push_reports_its_pid_and_ends_when_signalled(tmp_path: Path, fla
         if pid is not None:  # what Dispatcher.stop does with the tracked PID
             threading.Timer(1.0, os.killpg, (os.getpgid(pid), signal.SIGTERM)).start()
 
-    worker = threading.Thread(target=lambda: results.append(flakeupdate.update(repo, run, track=track)))
+    worker = threading.Thread(target=lambda: results.append(lockupdate.update(repo, run, track=track)))
     worker.start()
     worker.join(60)
     assert not worker.is_alive(), "the push ignored SIGTERM"
@@ -225,7 +225,7 @@ def test_read_only_git_daemon_remote_falls_back_to_pull_switch(
     before = flake.head()
     repo = Repo(make_cfg(tmp_path, repo_url=git_daemon.url(flake.bare)), emit=emitted)
     repo.ensure()
-    result = flakeupdate.update(repo, Collect())
+    result = lockupdate.update(repo, Collect())
     assert result.outcome == "no-push-access" and result.needs_pull_switch and result.exit_code == 0
     assert "no push access" in result.message and "falling back to pull + switch" in result.message
     assert flake.head() == before
@@ -239,7 +239,7 @@ def test_http_remote_without_credentials_falls_back_without_trying(
     flake.bump_dep("v2")
     repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(flake.bare)))
     repo.ensure()
-    result = flakeupdate.update(repo, run)
+    result = lockupdate.update(repo, run)
     assert result.needs_pull_switch
     assert "is HTTPS without credentials" in result.message
     assert not any(c[-2:] == ["flake", "update"] for c in run.calls)
@@ -254,7 +254,7 @@ def test_http_push_refused_by_server_falls_back_and_never_shows_the_password(
     repo = Repo(make_cfg(tmp_path, repo_url=http_backend.url(flake.bare, "deploy:s3cretpw")), emit=emitted)
     repo.ensure()
     run = Collect()
-    result = flakeupdate.update(repo, run)
+    result = lockupdate.update(repo, run)
     assert result.needs_pull_switch, result.message
     assert flake.head() == before
     assert "s3cretpw" not in result.message and "s3cretpw" not in emitted.text()
@@ -264,7 +264,7 @@ def test_legacy_update_changes_lock_in_place_without_committing(tmp_path: Path, 
     new_rev = flake.bump_dep("v2")
     before = sh_git("rev-parse", "HEAD", cwd=flake.work)
     repo = Repo(make_cfg(tmp_path, repo_dir=flake.work, config_repo=str(flake.work)))
-    result = flakeupdate.update(repo, run)
+    result = lockupdate.update(repo, run)
     assert result.outcome == "updated-locally"
     assert locked_rev((flake.work / "flake.lock").read_text()) == new_rev
     assert sh_git("rev-parse", "HEAD", cwd=flake.work) == before
@@ -274,7 +274,7 @@ def test_lock_changes_lists_each_input() -> None:
     old = {"root": "root", "nodes": {"root": {}, "a": {"locked": {"rev": "1" * 40}},
                                      "gone": {"locked": {"narHash": "sha256-abcdefghijklmnop"}}}}
     new = {"root": "root", "nodes": {"root": {}, "a": {"locked": {"rev": "2" * 40}}, "b": {"locked": {"rev": "3" * 40}}}}
-    changes = flakeupdate.lock_changes(json.dumps(old), json.dumps(new))
+    changes = lockupdate.lock_changes(json.dumps(old), json.dumps(new))
     assert [c.line() for c in changes] == ["• a: 1111111 → 2222222", "• b: (none) → 3333333", "• gone: abcdefghijkl → (removed)"]
 
 
@@ -294,6 +294,6 @@ def test_lock_changes_lists_each_input() -> None:
     ],
 )
 def test_classify_push(stdout: str, stderr: str, verdict: str) -> None:
-    from nixfleet_agent.gitenv import GitResult
+    from nixfleet_agent.repo.gitenv import GitResult
 
-    assert flakeupdate.classify_push(GitResult(1, stdout, stderr)) == verdict
+    assert lockupdate.classify_push(GitResult(1, stdout, stderr)) == verdict

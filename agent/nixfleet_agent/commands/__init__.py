@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import runner
+from ..ops import runner
 from ..kinds import CommandStatus
 from ..ops import operations, oplog
 from ..redact import redact
-from ..runner import Result
+from ..ops.runner import Result
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
-    from ..repo import Repo
+    from ..repo.clone import Repo
     from ..reporter import Reporter
-    from ..status import StatusStore
+    from ..host.status import StatusStore
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Job:
             return None
 
     def run_fn(self) -> Callable[[Sequence[str], Mapping[str, str] | None, Path | None], int]:
-        """The ``RunFn`` that repo.py / flakeupdate.py expect."""
+        """The ``RunFn`` that repo.clone / repo.lockupdate expect."""
 
         def _run(argv: Sequence[str], env: Mapping[str, str] | None, cwd: Path | None) -> int:
             return self.run(argv, env, cwd).exit_code

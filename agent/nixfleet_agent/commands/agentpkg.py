@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import freshness
+from ..host import freshness
 
 _UNIT_FILES = (
     "/etc/systemd/system/nixfleet-agent.service",  # NixOS module (a symlink into the store)

@@ -16,8 +16,8 @@ from pathlib import Path
 from .. import log as logmod
 from ..kinds import Action, CommandStatus, LaunchMode
 from ..ops import operations, oplog
-from ..runner import Result
-from ..runner import run as run_child
+from ..ops.runner import Result
+from ..ops.runner import run as run_child
 from . import Context, open_command_log, privileged_switch, sudo_n
 
 _log = logmod.get("control")

@@ -10,7 +10,7 @@ ends with post-validation text and a heartbeat, and marks the system outdated wh
 
 from __future__ import annotations
 
-from ..runner import Result
+from ..ops.runner import Result
 from . import Job
 
 

@@ -22,11 +22,12 @@ import os
 import re
 from pathlib import Path
 
-from .. import flakeupdate, nix
+from ..repo import lockupdate
+from .. import nix
 from ..ops import operations
 from .. import log as logmod
 from ..kinds import Action, LaunchMode
-from ..runner import Result, signal_name
+from ..ops.runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
 
@@ -128,7 +129,7 @@ def force_update(job: Job) -> None:
     job.say(f"━━━ Step 2/3: nix flake update {agent_input} ━━━")
     repo = job.ctx.repo
     cwd = job.repo_path
-    problem = flakeupdate.missing_input_error(repo, (agent_input,)) if repo is not None else None
+    problem = lockupdate.missing_input_error(repo, (agent_input,)) if repo is not None else None
     if problem:
         job.err(f"❌ {problem}")
         job.status("error", 1, f"no flake input {agent_input}")

@@ -1,4 +1,4 @@
-"""``update`` and ``bump-flake``: update ``flake.lock``, commit and push it (``flakeupdate``).
+"""``update`` and ``bump-flake``: update ``flake.lock``, commit and push it (``repo.lockupdate``).
 
 ``update`` moves every input; ``bump-flake`` (the dashboard's name for "pick up a new agent";
 the upstream agent answered "unknown command") moves only the input that provides the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 
-from .. import flakeupdate
+from ..repo import lockupdate
 from ..ops.operations import signal_group
 from . import Job
 from .rebuild import pull_switch
@@ -24,7 +24,7 @@ def update(job: Job, inputs: tuple[str, ...] = ()) -> None:
         job.status("error", 1, "no repository")
         return
     job.say(f"🔄 Updating flake input{'s' if not inputs else ''} {', '.join(inputs)}".rstrip() + "...")
-    result = flakeupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say, inputs=inputs,
+    result = lockupdate.update(ctx.repo, job.run_fn(), stop=ctx.stop_event, emit=job.say, inputs=inputs,
                                 track=lambda pid: _track_push(job, pid))
     if result.needs_pull_switch:
         job.err("⚠️  Cannot push flake.lock from this host: falling back to pull + switch")
@@ -32,7 +32,7 @@ def update(job: Job, inputs: tuple[str, ...] = ()) -> None:
         return
     ctx.status.refresh_lock(ctx.repo.path, force=True)
     if result.exit_code != 0:
-        from ..runner import Result
+        from ..ops.runner import Result
         if not job.stopped_status(Result(result.exit_code)):
             job.status("error", result.exit_code, result.message)
     else:

@@ -41,7 +41,7 @@ from .. import log as logmod
 from . import liveness
 from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
 from ..privatefs import ensure_private_dir, write_private
-from ..runner import CHUNK, LineSplitter, Result, child_env
+from .runner import CHUNK, LineSplitter, Result, child_env
 
 # the journal's API, re-exported: callers keep using ``operations.save`` etc.
 __all__ = ["Operation", "load_all", "mark_reported", "ops_dir", "prune", "save", "unreported", "valid_id"]

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import gitenv, log, nix
+from ..repo import gitenv
+from .. import log, nix
 from ..config import DEFAULT_AGENT_INPUT
 from . import lockrefresh, results, source, verify
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .. import gitenv, nix
+from ..repo import gitenv
+from .. import nix
 from ..redact import redact
 
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import gitenv
+from ..repo import gitenv
 from . import source
 from .source import Refusal
 

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import gitenv, log
-from .privatefs import write_private
-from .redact import redact
-from .link.protocol import COMPARTMENTS
+from ..repo import gitenv
+from .. import log
+from ..privatefs import write_private
+from ..redact import redact
+from ..link.protocol import COMPARTMENTS
 
 LOCK_REFRESH_EVERY = 300.0
 STATE_FILE = "state.json"
@@ -92,7 +93,7 @@ def snapshot(state_dir: Path) -> dict[str, Any]:
         out["problems"].append(f"cannot read {state_dir / 'alive'}: {exc.strerror or exc}")
     if not os.access(state_dir, os.R_OK | os.X_OK) and state_dir.exists():
         out["problems"].append(f"state dir {state_dir} is not readable by this user")
-    from .ops.journal import quarantined  # status stays importable without the ops package loaded
+    from ..ops.journal import quarantined  # status stays importable without the ops package loaded
 
     out["quarantined_records"] = [str(p) for p in quarantined(state_dir)]
     return out

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from .redact import redact
+from ..redact import redact
 
 SECRET_ENV = ("NIXFLEET_TOKEN",)  # never handed to a child (test scripts come from the fleet repo)
 MAX_LINE = 16 * 1024  # bytes per output line, marker included

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from . import buildinfo, freshness
-from .config import Config
-from .link import protocol
+from .. import buildinfo
+from . import freshness
+from ..config import Config
+from ..link import protocol
 from .metrics import Metrics
 from .status import StatusStore
 

@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import gitenv, log
-from .config import Config
+from . import gitenv
+from .. import log
+from ..config import Config
 from .gitenv import RunFn
 
 __all__ = ["Repo", "RepoError", "RunFn", "ensure_private_dir"]

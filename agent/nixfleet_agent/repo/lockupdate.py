@@ -20,12 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gitenv, log, nix
+from . import gitenv
+from .. import log, nix
 from .gitenv import RunFn
-from .repo import Repo, RepoError
-from .config import AGENT_INPUT_HINT
+from .clone import Repo, RepoError
+from ..config import AGENT_INPUT_HINT
 
-_log = log.get("flakeupdate")
+_log = log.get("lockupdate")
 
 
 _NO_ACCESS_MARKERS = (

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .redact import redact
+from ..redact import redact
 
 # argv, env, cwd -> exit code; streams the child's output to the dashboard and the op log.
 RunFn = Callable[[Sequence[str], Mapping[str, str] | None, Path | None], int]
