@@ -27,7 +27,8 @@ from typing import Any
 
 from .. import log as logmod
 from ..kinds import Action, LaunchMode
-from ..privatefs import write_private
+from .. import privatefs
+from ..privatefs import QUARANTINE_SUFFIX, write_private
 
 _log = logmod.get("journal")
 
@@ -35,7 +36,6 @@ _log = logmod.get("journal")
 ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 LAUNCHERS = ("detached", "privileged")
 _NAME_RE = re.compile(r"[a-z][a-z-]{0,31}")  # command and action names
-QUARANTINE_SUFFIX = ".bad"
 KEEP_REPORTED = 20
 KEEP_QUARANTINED = 20
 
@@ -145,14 +145,7 @@ def save(state_dir: Path, op: Operation) -> None:
 
 def quarantine(path: Path, reason: str) -> None:
     """Move a bad record aside (``<name>.bad``) and say so once; it is never read again."""
-    target = path.with_name(path.stem + QUARANTINE_SUFFIX)
-    try:
-        os.replace(path, target)
-    except OSError as exc:
-        _log.warn("operation_record_unusable", file=str(path), error=reason,
-                  quarantine_failed=exc.strerror or str(exc))
-        return
-    _log.warn("operation_record_quarantined", file=str(path), moved_to=str(target), error=reason)
+    privatefs.quarantine(path, reason, "operation_record")
 
 
 def load_all(state_dir: Path) -> list[Operation]:
