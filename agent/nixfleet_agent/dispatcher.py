@@ -231,6 +231,7 @@ class Dispatcher:
                 _log.error("command_crash_report_failed", command=job.name, error=repr(again))
         finally:
             job.close_log()
+            job.attached_done()  # ended without its own status: nothing is left to recover
             self._release(job)
             _log.info("command_finished", command=job.name)
 
