@@ -50,6 +50,7 @@ def sleeper():
 
 def test_a_live_group_is_ended_and_reported(tmp_path: Path, sleeper) -> None:
     record = attached.begin(tmp_path, "op1", "test")
+    assert record is not None
     attached.child_started(tmp_path, record, sleeper.pid)
     assert record.pgid == sleeper.pid and record.start_time is not None
     _foreign(record, tmp_path)
@@ -69,6 +70,7 @@ def test_a_group_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         record = attached.begin(tmp_path, "op2", "pull")
+        assert record is not None
         attached.child_started(tmp_path, record, proc.pid)
         _foreign(record, tmp_path)
         reporter = Reporter()
@@ -83,6 +85,7 @@ def test_a_group_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
 
 def test_a_pid_with_another_start_time_is_left_alone(tmp_path: Path, sleeper) -> None:
     record = attached.begin(tmp_path, "op3", "test")
+    assert record is not None
     attached.child_started(tmp_path, record, sleeper.pid)
     assert record.start_time is not None
     record.start_time -= 1  # the recorded process started earlier: this pid was reused
@@ -93,8 +96,38 @@ def test_a_pid_with_another_start_time_is_left_alone(tmp_path: Path, sleeper) ->
     assert sleeper.poll() is None
 
 
+def test_killed_before_any_child_ran(tmp_path: Path) -> None:
+    record = attached.begin(tmp_path, "op6", "pull-switch")  # killed before its first child
+    assert record is not None
+    _foreign(record, tmp_path)
+    reporter, comps = Reporter(), Compartments()
+    attached.recover(tmp_path, reporter, comps)
+    assert reporter.statuses == [("pull-switch", "error", 1, "interrupted: the agent was killed while "
+                                  "`pull-switch` ran; no process of it had started")]
+    assert comps.set_calls == [("system", "error", "Switch interrupted (the agent was killed)")]
+
+
+def test_killed_while_handing_over_the_real_status_resends_it_not_interrupted(tmp_path: Path) -> None:
+    record = attached.begin(tmp_path, "op8", "test")
+    assert record is not None
+    attached.finalize(tmp_path, record, "ok", 0, "1/1 passed via https://fleet:hunter2@git.example/r")
+    assert "hunter2" not in (attached.records_dir(tmp_path) / "op8.json").read_text()  # a state file
+    _foreign(record, tmp_path)
+    reporter, comps = Reporter(), Compartments()
+    attached.recover(tmp_path, reporter, comps)
+    ((command, status, code, message),) = reporter.statuses
+    assert (command, status, code) == ("test", "ok", 0) and message.startswith("1/1 passed via https://")
+    assert "hunter2" not in message and comps.set_calls == []
+
+
+def test_no_record_for_a_name_that_is_no_command(tmp_path: Path) -> None:
+    assert attached.begin(tmp_path, "op7", "Rm -rf /") is None
+    assert not attached.records_dir(tmp_path).exists()
+
+
 def test_a_record_whose_operation_journal_owns_the_command_is_dropped_silently(tmp_path: Path) -> None:
     record = attached.begin(tmp_path, "op4", "pull-switch")
+    assert record is not None
     _foreign(record, tmp_path)
     journal.ops_dir(tmp_path).mkdir(parents=True)
     (journal.ops_dir(tmp_path) / "op4.json").write_text("{}")  # the switch after the pull: its own journal
@@ -117,6 +150,8 @@ def test_a_record_of_this_very_process_is_not_recovered(tmp_path: Path) -> None:
     ({"command": "rm -rf"}, "field command is not a command name"),
     ({"id": "../x"}, "is not a plain name equal to the file name"),
     ({"started_at": "yesterday"}, "field started_at has the wrong type"),
+    ({"final": ["done", 0, ""]}, "field final has the wrong type"),
+    ({"final": ["ok", "0", ""]}, "field final has the wrong type"),
 ])
 def test_bad_records_are_quarantined(tmp_path: Path, patch: dict, reason: str) -> None:
     good = {"id": "rec", "command": "test", "agent_pid": 7, "boot_id": "b", "started_at": 1.0,

@@ -131,7 +131,7 @@ class Job:
         """Run a child (streamed, logged, PID-tracked). A pending stop skips it: exit 130."""
         if self.tracker.cancelled():
             return Result(exit_code=130, signal=15)
-        self._record_attached()
+        self.record_attached()
         timer: threading.Timer | None = None
         fired: list[bool] = []
 
@@ -158,8 +158,9 @@ class Job:
             result.start_error = result.start_error or f"timed out after {timeout:.0f}s"
         return result
 
-    def _record_attached(self) -> None:
-        """Before the first child: a record the next agent finds if this one dies uncleanly."""
+    def record_attached(self) -> None:
+        """Before the command's first step (the dispatcher) and again before each child (a no-op once
+        written): a record the next agent finds if this one dies uncleanly (ops/attached.py)."""
         if self._attached is None:
             try:
                 self._attached = attached.begin(Path(self.ctx.cfg.state_dir), self.op_id, self.name)
@@ -200,6 +201,8 @@ class Job:
         if command is None or command == self.name:
             self.status_sent = True
             self.tracker.release()
+            if self._attached is not None:
+                attached.finalize(Path(self.ctx.cfg.state_dir), self._attached, status, exit_code, message)
         self.ctx.reporter.status(command or self.name, status, exit_code, message)
         if command is None or command == self.name:
             self.attached_done()  # after the hand-over: from here the link journal owns the result

@@ -6,8 +6,8 @@ with nobody reading their output, and its final ``status`` is never sent: the da
 waiting and the compartment stays "unknown, stale" for ever. Switches have the operation journal
 (``ops/journal.py``) for this; attached commands get a smaller record of their own here:
 
-``<state_dir>/attached/<op-id>.json`` is written (private, atomic, fsync'd) before the command's
-first child starts, updated with each child's pid, process group and process start time once it
+``<state_dir>/attached/<op-id>.json`` is written (private, atomic, fsync'd) when the command starts,
+before its first child, updated with each child's pid, process group and process start time once it
 runs, and removed as soon as the command's final status is in the durable outbox (from there the
 link journal owns it). A record found at start therefore means the previous agent died while that
 command ran; :func:`recover` then
@@ -20,7 +20,8 @@ command ran; :func:`recover` then
 
 Records are validated on read like the operation journal's, and a bad one is quarantined with the
 same function (``journal.quarantine``): a file the agent wrote itself never crashes or misdirects it.
-A record whose id has an operation record is left to that journal (``pull-switch`` after its pull).
+A record whose id has an operation record is left to that journal (a switch once it was launched);
+one without (killed during ``pull-switch``'s pull, before the launch) is reported here.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 from .. import log as logmod
 from ..privatefs import write_private
+from ..redact import redact
 from . import journal
 
 _log = logmod.get("attached")
@@ -46,8 +48,9 @@ DIR_NAME = "attached"
 GRACE = 3.0  # SIGTERM -> SIGKILL for a group left behind by a killed agent
 MAX_RECORD = 64 * 1024
 # the compartment a command shows "working" in while it runs (what must not stay stale)
-COMPARTMENT = {"test": "tests", "refresh-lock": "lock"}
-_LABEL = {"tests": "Tests", "lock": "Lock refresh"}
+COMPARTMENT = {"test": "tests", "refresh-lock": "lock", **dict.fromkeys(
+    ("switch", "pull-switch", "rollback", "force-update", "force-rebuild"), "system")}
+_LABEL = {"tests": "Tests", "lock": "Lock refresh", "system": "Switch"}
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Record:
     pid: int | None = None  # the child running now (or last), its group and start time
     pgid: int | None = None
     start_time: int | None = None  # Linux: clock ticks after boot (/proc/<pid>/stat field 22); else epoch s
+    final: list[Any] | None = None  # [status, exit_code, message] while the final status is handed over
 
 
 class StatusSink(Protocol):
@@ -155,8 +159,11 @@ def identify(pid: int) -> Proc | None:
 # ----- the record's life -------------------------------------------------------------------------
 
 
-def begin(state_dir: Path, op_id: str, command: str) -> Record:
-    """Before the command's first child starts. Raises OSError (the caller says so and goes on)."""
+def begin(state_dir: Path, op_id: str, command: str) -> Record | None:
+    """When the command starts. None for a name that is no command (answered at once, runs nothing);
+    raises OSError (the caller says so and goes on)."""
+    if not journal._NAME_RE.fullmatch(command):
+        return None
     record = Record(id=op_id, command=command, agent_pid=os.getpid(), boot_id=boot_id())
     _save(state_dir, record, durable=True)
     return record
@@ -169,6 +176,17 @@ def child_started(state_dir: Path, record: Record, pid: int) -> None:
     record.pid, record.pgid, record.start_time = pid, (proc.pgid if proc else pid), (proc.start_time if proc else None)
     try:
         _save(state_dir, record, durable=False)
+    except OSError as exc:
+        _log.warn("attached_record_write_failed", command=record.command, error=exc.strerror or str(exc))
+
+
+def finalize(state_dir: Path, record: Record, status: str, exit_code: int, message: str) -> None:
+    """Just before the final status is handed to the outbox: if the agent dies between the hand-over
+    and :func:`finish`, the next one re-sends this same status (a duplicate the dashboard ignores)
+    instead of contradicting it with "interrupted". Redacted: the record is a state file."""
+    record.final = [status, exit_code, redact(message)]
+    try:
+        _save(state_dir, record, durable=True)
     except OSError as exc:
         _log.warn("attached_record_write_failed", command=record.command, error=exc.strerror or str(exc))
 
@@ -189,6 +207,7 @@ def _save(state_dir: Path, record: Record, *, durable: bool) -> None:
     write_private(records_dir(state_dir) / f"{record.id}.json", json.dumps(asdict(record)), durable=durable)
 
 
+FINAL_STATUSES = ("ok", "error", "stopped", "warning")
 _INT = ("agent_pid",)
 _OPT_INT = ("pid", "pgid", "start_time")
 
@@ -209,6 +228,10 @@ def parse(data: object, stem: str) -> Record:
         if f.name in _INT or f.name in _OPT_INT:
             low = 0 if f.name == "start_time" else 1
             ok = (is_int and value >= low) or (f.name in _OPT_INT and value is None)
+        elif f.name == "final":
+            ok = value is None or (isinstance(value, list) and len(value) == 3 and value[0] in FINAL_STATUSES
+                                   and isinstance(value[1], int) and not isinstance(value[1], bool)
+                                   and isinstance(value[2], str))
         elif f.name == "started_at":
             ok = (is_int or isinstance(value, float)) and value == value
         else:
@@ -324,6 +347,12 @@ def recover(state_dir: Path, reporter: StatusSink, compartments: Compartments | 
         if (journal.ops_dir(state_dir) / f"{record.id}.json").exists():
             _log.info("attached_record_superseded", command=record.command, op_id=record.id)
             finish(state_dir, record)  # a switch took over: the operation journal reports it
+            continue
+        if record.final is not None:  # died while handing over its real status: send that (again)
+            _log.warn("attached_status_resent", command=record.command, op_id=record.id, status=record.final[0])
+            reporter.status(record.command, record.final[0], record.final[1], record.final[2])
+            finish(state_dir, record)
+            messages.append(record.final[2])
             continue
         cause, message = describe(record, grace)
         _log.warn("attached_command_interrupted", command=record.command, op_id=record.id, pid=record.pid or "",
