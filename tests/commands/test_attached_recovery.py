@@ -153,3 +153,21 @@ def test_a_finished_command_leaves_no_record(session, fleet_repo) -> None:
     status, _ = session.run("test")
     assert status["status"] == "ok"
     wait_for(lambda: (state / "attached").is_dir() and not _records(state), 5, "the record to be removed")
+
+
+def test_a_clean_stop_mid_test_is_reported_once_and_not_again_as_interrupted(session, fleet_repo) -> None:
+    add_tests(fleet_repo, {"T01-hold.sh": HOLD})
+    session.start()
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    mark = session.send("test")
+    line = session.dash.wait_message("output", since=mark, where=lambda r: r.payload["line"].startswith("leader="),
+                                     timeout=10).payload["line"]
+    leader = int(line.split()[0].split("=")[1])
+    assert session.agent.stop() == 0  # SIGTERM: the agent ends the group and reports how the test ended
+    status = session.status_of("test", mark).payload
+    assert status["status"] == "stopped" and status["message"].startswith("stopped by agent shutdown")
+    assert not _group(leader) and _records(state) == []
+    mark2 = session.dash.mark()
+    session.start()
+    session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+    assert not [r for r in session.dash.messages("status", since=mark2) if r.payload.get("command") == "test"]
