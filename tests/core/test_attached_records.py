@@ -103,7 +103,7 @@ def test_killed_before_any_child_ran(tmp_path: Path) -> None:
     reporter, comps = Reporter(), Compartments()
     attached.recover(tmp_path, reporter, comps)
     assert reporter.statuses == [("pull-switch", "error", 1, "interrupted: the agent was killed while "
-                                  "`pull-switch` ran; no process of it had started")]
+                                  "`pull-switch` ran; no process of it was recorded")]
     assert comps.set_calls == [("system", "error", "Switch interrupted (the agent was killed)")]
 
 

@@ -333,7 +333,7 @@ def describe(record: Record, grace: float = GRACE) -> tuple[str, str]:
     if record.boot_id and here and record.boot_id != here:
         return "by reboot", f"interrupted by reboot: the host restarted while {what}"
     if record.pid is None:
-        return "(the agent was killed)", f"interrupted: the agent was killed while {what}; no process of it had started"
+        return "(the agent was killed)", f"interrupted: the agent was killed while {what}; no process of it was recorded"
     return "(the agent was killed)", f"interrupted: the agent was killed while {what}; {end_group(record, grace)}"
 
 
