@@ -14,7 +14,7 @@ from nixfleet_agent.link import session as session_mod
 
 
 def test_a_writer_failure_ends_the_session_and_the_next_one_delivers(dashboard, tmp_path, monkeypatch) -> None:
-    real_send = session_mod._send_text_frames
+    real_send = session_mod.send_text_frames
     failures: list[list[str]] = []
 
     def send(ws, batch: list[str]) -> None:
@@ -23,7 +23,7 @@ def test_a_writer_failure_ends_the_session_and_the_next_one_delivers(dashboard, 
             raise BrokenPipeError(32, "Broken pipe")  # what a peer that reset the write side causes
         real_send(ws, batch)
 
-    monkeypatch.setattr(session_mod, "_send_text_frames", send)
+    monkeypatch.setattr(session_mod, "send_text_frames", send)
     # deadlines far away: only the writer's own failure can end this session within the test
     with Session(dashboard.url, tmp_path, NIXFLEET_PING_INTERVAL="300", NIXFLEET_PING_TIMEOUT="600") as session:
         wait_for(lambda: session.connection.registered, 10, "registration")
