@@ -48,7 +48,7 @@ def _run_command(job: Job) -> None:
 class Dispatcher:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: kill_now runs in a signal handler on the main thread, which may hold it in join()
         self._current: str | None = None
         self._pid: int | None = None
         self._detached = False  # the tracked PID is a detached operation (survives agent shutdown)

@@ -207,11 +207,6 @@ class Job:
         if command is None or command == self.name:
             self.attached_done()  # after the hand-over: from here the link journal owns the result
 
-    def wait_delivered(self, timeout: float = 10.0) -> bool:
-        """Bounded wait until the Outbox is empty (our status has been written to the socket)."""
-        wait = getattr(self.ctx.reporter, "wait_delivered", None)  # test reporters deliver at once
-        return True if wait is None else bool(wait(timeout))
-
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self.ctx.reporter.progress(phase, current, total, status)
 

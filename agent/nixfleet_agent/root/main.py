@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "accept-new into <state-dir>/known_hosts")
     add("--allowed-signers", type=Path, help="SSH allowed signers file: require commits signed by them")
     add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
-    add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
+    add("--agent-input", help="flake input force-update refreshes (default nixfleet-agent)")
     add("--keep", type=int, default=results.KEEP, help="request directories kept")
     rebuild = parser.add_mutually_exclusive_group()
     rebuild.add_argument("--nixos-rebuild", default=None, help="nixos-rebuild executable (NixOS)")
