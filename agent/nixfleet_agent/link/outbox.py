@@ -97,14 +97,20 @@ class Outbox:
 
     def put(self, message: Message, stop: threading.Event | None = None) -> bool:
         """Queue a message; False if it was an ephemeral one refused while not registered."""
-        may_block = threading.current_thread() not in self._never_block
+        # back-pressure is for producers of durable messages; an ephemeral one (a heartbeat) never
+        # waits - the ticker must keep its schedule - and replaces the copy still queued instead
+        may_block = message.durable and threading.current_thread() not in self._never_block
         with self._cond:
             if not message.durable and not self._live:
                 return False
+            if not message.durable:
+                self._drop_queued(message.kind)
             while (may_block and self._full(message) and self._live and not self._closed
                    and not (stop and stop.is_set())):
                 self._cond.wait(1.0)  # woken on every delivery; the timeout re-checks stop
-            while self._full(message) and self._drop_one_output():
+            # room is made by dropping output only for durable messages; a heartbeat may exceed the
+            # bound by its one queued copy rather than cost command output
+            while message.durable and self._full(message) and self._drop_one_output():
                 pass
             self._seq += 1
             message.seq = self._seq
@@ -122,6 +128,14 @@ class Outbox:
         return self._count() > 0 and (
             self._count() + 1 > self._max_messages or self._bytes + len(incoming.text) > self._max_bytes
         )
+
+    def _drop_queued(self, kind: str) -> None:
+        """Forget a not yet taken ephemeral message of ``kind``: only the newest heartbeat matters."""
+        for index, item in enumerate(self._items):
+            if item.kind == kind and not item.durable:
+                del self._items[index]
+                self._bytes -= len(item.text)
+                return
 
     def _drop_one_output(self) -> bool:
         for index, item in enumerate(self._items):
