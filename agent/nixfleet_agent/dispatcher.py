@@ -5,7 +5,8 @@ Why it looks like this:
 * The busy flag is taken under a lock *on the connection thread*, before the worker exists, so two
   commands arriving in the same millisecond cannot both start (upstream set it inside the worker).
 * ``stop``, ``kill``, ``restart`` and ``reboot`` bypass the busy check and never block the message
-  loop: signalling is immediate, the SIGKILL escalation is a timer, reboot runs on its own thread.
+  loop: signalling is immediate, the SIGKILL escalation is a timer, restart/reboot have a lane
+  (thread) of their own so their waits never delay a stop.
 * Signals go to the child's own process group only (the runner starts each child in a new
   session). The agent's own group is never signalled (upstream's stop killed the agent).
 * A command handler that raises still ends with a ``status`` error; nothing is left pending.
@@ -56,7 +57,10 @@ class Dispatcher:
         self._signal: int | None = None  # the last signal *we* sent to the current job
         self._job: Job | None = None
         self._worker: threading.Thread | None = None
-        self._control = ControlQueue()  # stop/kill/restart/reboot and escalations: one thread, coalesced
+        self._control = ControlQueue()  # stop/kill and SIGKILL escalations: one thread, coalesced
+        # restart/reboot wait (the 3 s announcement, a root result, draining the outbox): a lane of
+        # their own, so a stop or a SIGKILL countdown is never queued behind them
+        self._slow = ControlQueue()
         watcher = threading.Thread(target=self._on_shutdown, name="dispatcher-shutdown", daemon=True)
         watcher.start()
 
@@ -75,7 +79,8 @@ class Dispatcher:
                 "restart": lambda ctx: _registry().restart(ctx),
                 "reboot": lambda ctx: _registry().reboot(ctx),
             }[name]
-            self._control.submit(name, lambda: self._guard(name, handler))
+            lane = self._slow if name in ("restart", "reboot") else self._control
+            lane.submit(name, lambda: self._guard(name, handler))
             return
         with self._lock:
             if self._current is not None:

@@ -2,7 +2,8 @@
 
 ``restart`` sends its ``status`` first (upstream sent none, leaving the op stuck until the hard
 timeout) and then asks the agent to exit with ``restart_exit_code`` so the service manager starts
-it again. ``reboot`` runs on its own thread (upstream slept 3 s in the message loop), uses
+it again. ``reboot`` runs on the restart/reboot lane, never the message loop or the stop/kill thread
+(upstream slept 3 s in the message loop), uses
 ``sudo -n`` when not root (a password prompt would hang forever) and reports failure as a
 ``status`` error instead of an output line only.
 """
