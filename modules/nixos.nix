@@ -47,6 +47,9 @@ let
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
+  # The EFI system partition the boot loader writes to (pre-flight checks its free space).
+  efiMountPoint = config.boot.loader.efi.efiSysMountPoint or null;
+
   validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}" cfg.hostname != null;
 in
 {
@@ -85,11 +88,18 @@ in
 
     warnings = shared.warnings cfg "services.nixfleet-agent";
 
-    services.nixfleet-agent.settings = shared.settingsFromOptions cfg // {
-      # switches go through the root unit below, never through the agent's own children
-      switch_launcher = "privileged";
-      privileged_dir = "${privilegedDir}/results";
-    };
+    services.nixfleet-agent.settings =
+      shared.settingsFromOptions cfg
+      // {
+        # switches go through the root unit below, never through the agent's own children
+        switch_launcher = "privileged";
+        privileged_dir = "${privilegedDir}/results";
+      }
+      # guard-rails: root checks /boot and the ESP (found below /boot at run time as well)
+      // shared.preflightSettings cfg (
+        lib.unique ([ "/boot" ] ++ lib.optional (efiMountPoint != null) efiMountPoint)
+      )
+      // shared.retentionSettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";
