@@ -234,7 +234,8 @@ in
           {command}`switch-to-configuration` does. When one changed (say the D-Bus
           implementation), run {command}`nixos-rebuild boot` instead of failing the switch: the
           new configuration becomes the boot default, takes effect at the next reboot, and the
-          command's final status says so.
+          command's final status says so. Independent of
+          {option}`services.nixfleet-agent.preflight.enable`.
         '';
       };
     };

@@ -57,3 +57,19 @@ def test_inhibitors_compare_only_keys_in_both(tmp_path: Path) -> None:
     (new / "switch-inhibitors").write_text('{"a": "1", "b": "3", "added": "y"}')
     assert inhibitors.changed(old, new) == ["b: 2 -> 3"]
     assert inhibitors.changed(old, tmp_path / "missing") == []
+
+
+def test_a_configuration_waiting_for_a_reboot_is_seen(tmp_path: Path) -> None:
+    """After ``boot`` instead of ``switch`` the profile points at the new system, the running one
+    stays: that counts as needing a reboot although the kernels compare equal."""
+    old, new = tmp_path / "system-1", tmp_path / "system-2"
+    old.mkdir()
+    new.mkdir()
+    profile, current = tmp_path / "profile", tmp_path / "current"
+    current.symlink_to(old)
+    profile.symlink_to(old)
+    assert not inhibitors.boot_pending(profile, current)
+    profile.unlink()
+    profile.symlink_to(new)
+    assert inhibitors.boot_pending(profile, current)
+    assert not inhibitors.boot_pending(tmp_path / "no-profile", current)

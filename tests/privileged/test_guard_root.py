@@ -47,7 +47,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
 def configure(host: Host, preflight: dict[str, object] | None = None,
               retention: dict[str, object] | None = None) -> None:
     """The agent's TOML as the module renders it, with [preflight]/[retention], given to root."""
-    lines = [f'repo_url = "{host.origin}"', f'hostname = "web1"']
+    lines = [f'repo_url = "{host.origin}"', 'hostname = "web1"']
     for name, table in (("preflight", preflight), ("retention", retention)):
         if table is not None:
             lines.append(f"[{name}]")
@@ -255,3 +255,15 @@ def test_a_failed_retention_step_is_a_note_not_a_failed_switch(host: Host) -> No
     # the boot entries are not rewritten when nothing was deleted; the garbage collection still runs
     assert [c.split()[0] for c in host.shim_calls()] == ["switch", "nix-env", "nix-store"]
     assert ID in host.out.joinpath(ID, "result.json").read_text()
+
+
+def test_inhibitors_are_checked_also_with_the_free_space_check_off(host: Host) -> None:
+    cur = system(host.tmp / "current-system", {"dbus-implementation": "dbus"})
+    system(host.tmp / "new-system", {"dbus-implementation": "broker"})
+    configure(host, preflight={"enable": False})
+    host.extra += ["--current-system", str(cur)]
+    os.environ["SHIM_TOPLEVEL"] = str(host.tmp / "new-system")
+    host.write(host.good())
+    assert host.run() == 0
+    assert host.builds() == [f"boot --flake {host.flake(host.commit)}"]
+    assert "pre-flight:" not in host.log()

@@ -14,7 +14,11 @@ import json
 from dashboard import Dashboard
 from systier import gitserver, units
 from systier.agenthost import AgentHost
-from test_system_agent import HOST, dash, fleet, host, shim_lines  # noqa: F401  (module fixtures)
+import test_system_agent as base
+from test_system_agent import HOST, shim_lines
+
+# the same module-scoped fixtures: a dashboard, the fleet repository, the agent host in the container
+dash, fleet, host = base.dash, base.fleet, base.host
 
 MIB = 1 << 20
 CALLS = "/etc/nixfleet-test/nix-calls"

@@ -36,6 +36,17 @@ def _read(system: Path) -> dict[str, str] | bytes:
     return data
 
 
+def boot_pending(profile: Path = Path("/nix/var/nix/profiles/system"),
+                 current: Path = Path("/run/current-system")) -> bool:
+    """A configuration waits for a reboot: the system profile (what boots next, moved by
+    ``nixos-rebuild boot``) is not the running system. Part of "needs reboot" next to the booted
+    vs. current kernel comparison, which a ``boot`` instead of a ``switch`` leaves unchanged."""
+    try:
+        return profile.resolve(strict=True) != current.resolve(strict=True)
+    except OSError:
+        return False
+
+
 def changed(current: Path, new: Path) -> list[str]:
     """``key: old -> new`` for every inhibitor that changed; empty when a switch is fine."""
     old, incoming = _read(current), _read(new)

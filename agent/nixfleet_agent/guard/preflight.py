@@ -112,7 +112,7 @@ def needs(settings: Preflight, *, current_system: Path = CURRENT_SYSTEM, mounts:
     sized = settings.boot_kernel_factor * pair
     boot_required = max(settings.boot_min_free, sized)
     boot_why = (f"{settings.boot_kernel_factor} x the running kernel+initrd ({human(pair)})"
-                if sized >= settings.boot_min_free else f"the floor preflight.boot_min_free")
+                if sized >= settings.boot_min_free else "the floor preflight.boot_min_free")
     if not pair:
         boot_why = f"the floor preflight.boot_min_free (no kernel/initrd under {current_system} to size from)"
     wanted: list[tuple[str, int, str]] = []

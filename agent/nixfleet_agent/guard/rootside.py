@@ -68,7 +68,7 @@ class RootGuard:
             if short:
                 raise Refusal("preflight", preflight.refusal(short))
             out.write(("nixfleet-agent-privileged: pre-flight: " + preflight.summary(needs) + "\n").encode())
-        if action == "switch" and not self.darwin and self.guard.preflight.enable and self.guard.preflight.switch_inhibitors:
+        if action == "switch" and not self.darwin and self.guard.preflight.switch_inhibitors:
             built = self._toplevel(flake, refresh, out, env)
             if isinstance(built, tuple):
                 return built

@@ -37,7 +37,7 @@ class Preflight:
     boot_kernel_factor: int = BOOT_KERNEL_FACTOR
     boot_min_free: int = BOOT_MIN_FREE
     store_min_free: int = STORE_MIN_FREE
-    switch_inhibitors: bool = True
+    switch_inhibitors: bool = False  # on by default in a [preflight] table, independent of ``enable``
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,6 @@ def parse(doc: Mapping[str, Any], where: str, problems: list[str]) -> Guard:
     """The guard settings of a loaded TOML document; each bad value appends one line to ``problems``."""
     pre = _table(doc, "preflight", _PREFLIGHT_KEYS, where, problems)
     ret = _table(doc, "retention", _RETENTION_KEYS, where, problems)
-    preflight = Preflight(**{"enable": True, **pre}) if pre is not None else Preflight()
+    preflight = Preflight(**{"enable": True, "switch_inhibitors": True, **pre}) if pre is not None else Preflight()
     retention = Retention(**ret) if ret is not None else Retention()
     return Guard(preflight, retention)
