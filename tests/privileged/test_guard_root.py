@@ -267,3 +267,22 @@ def test_inhibitors_are_checked_also_with_the_free_space_check_off(host: Host) -
     assert host.run() == 0
     assert host.builds() == [f"boot --flake {host.flake(host.commit)}"]
     assert "pre-flight:" not in host.log()
+
+
+def test_nix_darwin_gets_the_store_check_but_neither_inhibitors_nor_retention(tmp_path: Path,
+                                                                             ns: MountNamespace) -> None:
+    from test_darwin import Mac
+
+    os.environ.update(SHIM_CALLS="", SHIM_EXIT="0")
+    mac = Mac(tmp_path)
+    store = ns.tmpfs(tmp_path / "nix" / "store", 8 * MIB)
+    configure(mac, preflight={"boot_paths": [], "store_path": str(store), "store_min_free": 6 * MIB},
+              retention={"keep_generations": 1, "gc": True})
+    ns.fill(store / "closure", 3 * MIB)
+    mac.write(mac.good())
+    assert run_in(ns, mac) == 1
+    assert "preflight: not enough free space for a switch: " in mac.result()["error"]
+    os.unlink(ns.outside(store / "closure"))
+    mac.write(mac.good(id="mac-2"))
+    assert run_in(ns, mac) == 0
+    assert mac.shim_calls() == [f"darwin-rebuild switch --flake {mac.flake(mac.commit)}"]  # no nix build, nix-env
