@@ -111,6 +111,8 @@ def test_paths_on_one_filesystem_are_checked_once_against_the_larger_need(ns: Mo
     (need,) = preflight.needs(pre, current_system=tmp_path / "none")
     assert need.paths == (str(ns.outside(disk / "boot")), str(ns.outside(disk / "nix")))
     assert (need.free, need.required) == (16 * MIB, 12 * MIB) and not need.short
+    assert preflight.summary([need]) == (f"{ns.outside(disk / 'boot')} + {ns.outside(disk / 'nix')} 16.0 MiB free "
+                                         "(12.0 MiB required)")
     ns.fill(disk / "big", 5 * MIB)
     (need,) = preflight.shortfalls(pre, current_system=tmp_path / "none")
     assert "(same filesystem as " in need.describe()

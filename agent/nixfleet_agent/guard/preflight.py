@@ -146,7 +146,7 @@ def shortfalls(settings: Preflight, **paths: Path) -> list[Need]:
 
 def summary(needs: Sequence[Need]) -> str:
     """One line for the build log of an allowed switch: every filesystem, free against required."""
-    return ", ".join(f"{n.paths[0]} {human(n.free)} free ({human(n.required)} required)" for n in needs)
+    return ", ".join(f"{' + '.join(n.paths)} {human(n.free)} free ({human(n.required)} required)" for n in needs)
 
 
 def refusal(short: Sequence[Need]) -> str:
