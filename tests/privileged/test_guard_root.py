@@ -116,6 +116,7 @@ def test_a_full_boot_refuses_the_switch_with_the_numbers_then_a_freed_one_switch
                                       f"{boot} has 8388608 bytes free (8.0 MiB), 10485760 bytes (10.0 MiB) required: "
                                       "2 x the running kernel+initrd (5.0 MiB)"), result["error"]
     assert host.builds() == [] and not any(c.startswith("nix ") for c in host.shim_calls())  # nothing built
+    assert not host.clone.exists()  # refused before root fetched anything
     # freed: the next request goes ahead
     os.unlink(ns.outside(boot / "old-generations"))
     host.write(host.good(id="freed-1"))

@@ -1,10 +1,11 @@
 """The root program's guard-rails around the one ``nixos-rebuild`` of a build request.
 
-``RootGuard.rebuild`` replaces the plain ``nixos-rebuild <action>`` call of ``root/main.py``:
+``RootGuard.check_space`` runs before root fetches, ``RootGuard.rebuild`` replaces the plain
+``nixos-rebuild <action>`` call of ``root/main.py``:
 
-1. **pre-flight** (``[preflight]`` of the trusted ``--config``): too little free space on ``/boot``,
-   the ESP or the store's filesystem refuses the request (rule ``preflight``, exit code 2) before
-   anything is built or written;
+1. **pre-flight** (``check_space``, called before root fetches; ``[preflight]`` of the trusted
+   ``--config``): too little free space on ``/boot``, the ESP or the store's filesystem refuses the
+   request (rule ``preflight``, exit code 2) before anything is fetched, built or written;
 2. **switch inhibitors** (NixOS ``switch``): root builds the toplevel first (``nix build --no-link
    --json``; ``nixos-rebuild`` then finds it built) and compares its ``switch-inhibitors`` with the
    running system's; on a change it runs ``nixos-rebuild boot`` instead and says so in the log and
@@ -59,15 +60,20 @@ class RootGuard:
         assert isinstance(notes, list)
         notes.append(text)
 
+    def check_space(self, out: BinaryIO) -> None:
+        """Pre-flight, first thing for a build request: a full disk is refused with its numbers
+        before root fetches (which would fail on it with a less telling error) or builds."""
+        self.fields = {}
+        if not self.guard.preflight.enable:
+            return
+        needs = preflight.needs(self.guard.preflight, current_system=self.current_system, mounts=self.mounts)
+        short = [need for need in needs if need.short]
+        if short:
+            raise Refusal("preflight", preflight.refusal(short))
+        out.write(("nixfleet-agent-privileged: pre-flight: " + preflight.summary(needs) + "\n").encode())
+
     def rebuild(self, program: str, action: str, flake: str, refresh: bool, out: BinaryIO, run: Run,
                 env: Mapping[str, str]) -> tuple[int, str]:
-        self.fields = {}
-        if self.guard.preflight.enable:
-            needs = preflight.needs(self.guard.preflight, current_system=self.current_system, mounts=self.mounts)
-            short = [need for need in needs if need.short]
-            if short:
-                raise Refusal("preflight", preflight.refusal(short))
-            out.write(("nixfleet-agent-privileged: pre-flight: " + preflight.summary(needs) + "\n").encode())
         if action == "switch" and not self.darwin and self.guard.preflight.switch_inhibitors:
             built = self._toplevel(flake, refresh, out, env)
             if isinstance(built, tuple):

@@ -124,6 +124,7 @@ class Handler:
         if req.action not in BUILD_ACTIONS:
             return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.s.guard.check_space(out)  # pre-flight free space: refused before anything is fetched
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
             signer = verify.check_signature(self.src.path, self.src.env, req.commit, self.s.policy,
