@@ -48,22 +48,20 @@ class RootGuard:
     current_system: Path = preflight.CURRENT_SYSTEM
     system_profile: str = cmdline.SYSTEM_PROFILE
     mounts: Path = preflight.MOUNTS
-    # what this request's result.json says beyond the exit code (reset per request)
+    # what this request's result.json says beyond the exit code (one request per process)
     fields: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def result_fields(self) -> dict[str, object]:
-        return dict(self.fields)
+        return {**self.fields, **({"notes": list(self.notes)} if self.notes else {})}
 
     def _note(self, out: BinaryIO, text: str) -> None:
         out.write(f"nixfleet-agent-privileged: {text}\n".encode())
-        notes = self.fields.setdefault("notes", [])
-        assert isinstance(notes, list)
-        notes.append(text)
+        self.notes.append(text)
 
     def check_space(self, out: BinaryIO) -> None:
         """Pre-flight, first thing for a build request: a full disk is refused with its numbers
         before root fetches (which would fail on it with a less telling error) or builds."""
-        self.fields = {}
         if not self.guard.preflight.enable:
             return
         needs = preflight.needs(self.guard.preflight, current_system=self.current_system, mounts=self.mounts)
