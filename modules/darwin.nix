@@ -234,7 +234,9 @@ in
         }
         // lib.optionalAttrs (cfg.tokenFile != null) { token_file = toString cfg.tokenFile; }
         // lib.optionalAttrs (cfg.sshKeyFile != null) { ssh_key_file = toString cfg.sshKeyFile; }
-      );
+      )
+      # guard-rails: the root daemon checks the store's free space before a switch
+      // shared.preflightSettings cfg [ ];
 
     users.users.${cfg.user} = {
       inherit (cfg) uid;

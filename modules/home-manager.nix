@@ -93,7 +93,9 @@ in
               # nixos-rebuild as the user.
               platform = "home-manager";
             }
-          );
+          )
+          # guard-rails: the agent checks the store's free space before a switch
+          // shared.preflightSettings cfg [ ];
       }
 
       (lib.mkIf isDarwin {

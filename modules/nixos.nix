@@ -48,6 +48,9 @@ let
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
   validAttr = shared.validHostname cfg.hostname;
+
+  # The EFI system partition the boot loader writes to (pre-flight checks its free space).
+  efiMountPoint = config.boot.loader.efi.efiSysMountPoint or null;
 in
 {
   options.services.nixfleet-agent = shared.options // shared.nixosOptions // {
@@ -85,11 +88,18 @@ in
 
     warnings = shared.warnings cfg "services.nixfleet-agent";
 
-    services.nixfleet-agent.settings = shared.settingsFromOptions cfg // {
-      # switches go through the root unit below, never through the agent's own children
-      switch_launcher = "privileged";
-      privileged_dir = "${privilegedDir}/results";
-    };
+    services.nixfleet-agent.settings =
+      shared.settingsFromOptions cfg
+      // {
+        # switches go through the root unit below, never through the agent's own children
+        switch_launcher = "privileged";
+        privileged_dir = "${privilegedDir}/results";
+      }
+      # guard-rails: root checks /boot and the ESP (found below /boot at run time as well)
+      // shared.preflightSettings cfg (
+        lib.unique ([ "/boot" ] ++ lib.optional (efiMountPoint != null) efiMountPoint)
+      )
+      // shared.retentionSettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";

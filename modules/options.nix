@@ -181,6 +181,70 @@ in
         put the token here: the file is in the Nix store.
       '';
     };
+
+    # Switch-time guard-rails (docs/guard-rails.md), rendered into the `[preflight]` table.
+    preflight = {
+      enable = lib.mkEnableOption "" // {
+        default = true;
+        description = ''
+          Whether to check free space before every switch. A switch is refused, with the path,
+          its free bytes and the bytes required as the command's error, when {file}`/boot` (and
+          an EFI system partition mounted below it or at
+          {option}`boot.loader.efi.efiSysMountPoint`) or the filesystem of the Nix store has less
+          free space than the thresholds below. On NixOS and nix-darwin the root side checks; with
+          Home Manager the agent checks the store itself.
+        '';
+      };
+
+      bootMinFree = mkOption {
+        type = types.ints.unsigned;
+        default = 64 * 1024 * 1024;
+        defaultText = literalExpression "64 * 1024 * 1024";
+        example = literalExpression "256 * 1024 * 1024";
+        description = ''
+          Bytes that must be free on {file}`/boot` and the EFI system partition at least, also
+          when the running kernel and initrd cannot be measured.
+        '';
+      };
+
+      bootKernelFactor = mkOption {
+        type = types.ints.between 0 100;
+        default = 2;
+        example = 4;
+        description = ''
+          Free space on {file}`/boot` must also hold this many copies of the running system's
+          kernel plus initrd (the sizes of {file}`/run/current-system/kernel` and
+          {file}`/run/current-system/initrd`): a switch to a new kernel copies the new pair there
+          before an old one is removed. `0` leaves only
+          {option}`services.nixfleet-agent.preflight.bootMinFree`.
+        '';
+      };
+
+      storeMinFree = mkOption {
+        type = types.ints.unsigned;
+        default = 1024 * 1024 * 1024;
+        defaultText = literalExpression "1024 * 1024 * 1024";
+        example = literalExpression "10 * 1024 * 1024 * 1024";
+        description = ''
+          Bytes that must be free on the filesystem of the Nix store before a switch builds
+          anything. Raise it for fleets whose updates download large closures.
+        '';
+      };
+
+      switchInhibitors = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          NixOS only: before a switch, build the new system and compare its
+          `system.switch.inhibitors` with the running system's, as
+          {command}`switch-to-configuration` does. When one changed (say the D-Bus
+          implementation), run {command}`nixos-rebuild boot` instead of failing the switch: the
+          new configuration becomes the boot default, takes effect at the next reboot, and the
+          command's final status says so. Independent of
+          {option}`services.nixfleet-agent.preflight.enable`.
+        '';
+      };
+    };
   };
 
   # NixOS and nix-darwin: the root side of the privileged switch channel; NixOS only: who runs
@@ -228,6 +292,28 @@ in
         description = "Number of per-request result directories (build logs) the privileged unit keeps.";
       };
     };
+
+    # Generation retention after a successful switch (docs/guard-rails.md), rendered into `[retention]`.
+    retention = {
+      keepGenerations = mkOption {
+        type = types.nullOr (types.ints.between 1 10000);
+        default = null;
+        example = 10;
+        description = ''
+          Number of system generations to keep. After every successful switch the privileged unit
+          deletes older ones ({command}`nix-env --profile /nix/var/nix/profiles/system
+          --delete-generations +N`, which also keeps any newer than the current one) and rewrites
+          the boot entries ({command}`switch-to-configuration boot` of the system profile). `null`
+          keeps every generation.
+        '';
+      };
+
+      gc.enable = lib.mkEnableOption ''
+        garbage collection ({command}`nix-store --gc`) by the privileged unit after every
+        successful switch (after {option}`services.nixfleet-agent.retention.keepGenerations`
+        removed old generations)
+      '';
+    };
   };
 
   # macOS only (Home Manager's launchd agent and the nix-darwin daemon): the liveness watchdog.
@@ -268,6 +354,34 @@ in
         agent_input = cfg.agentInput;
       }
     );
+
+  # The `[preflight]` table (guard/settings.py reads it); `bootPaths`: where the module's platform
+  # keeps its kernels (none on nix-darwin and Home Manager).
+  preflightSettings = cfg: bootPaths: {
+    preflight = lib.mapAttrs (_: lib.mkDefault) {
+      inherit (cfg.preflight) enable;
+      boot_paths = bootPaths;
+      store_path = builtins.storeDir;
+      boot_min_free = cfg.preflight.bootMinFree;
+      boot_kernel_factor = cfg.preflight.bootKernelFactor;
+      store_min_free = cfg.preflight.storeMinFree;
+      switch_inhibitors = cfg.preflight.switchInhibitors;
+    };
+  };
+
+  # The `[retention]` table (NixOS), left out while nothing is to be removed.
+  retentionSettings =
+    cfg:
+    lib.optionalAttrs (cfg.retention.keepGenerations != null || cfg.retention.gc.enable) {
+      retention = lib.mapAttrs (_: lib.mkDefault) (
+        {
+          gc = cfg.retention.gc.enable;
+        }
+        // lib.optionalAttrs (cfg.retention.keepGenerations != null) {
+          keep_generations = cfg.retention.keepGenerations;
+        }
+      );
+    };
 
   # Assertions both modules share; `prefix` is the option path shown in messages.
   assertions =

@@ -60,6 +60,9 @@ rec {
           hostname = "agent";
           interval = 2;
           logLevel = "debug";
+          # a test VM's writable store is an overlay on a tmpfs of half its RAM: the 1 GiB
+          # default would refuse every switch (docs/guard-rails.md)
+          preflight.storeMinFree = 64 * 1024 * 1024;
         }
         extra
       ];

@@ -46,7 +46,14 @@ let
   switchAgent =
     { lib, ... }:
     {
-      imports = [ (common.agent { nixosRebuildPackage = rebuildShim; }) ];
+      imports = [
+        (common.agent {
+          nixosRebuildPackage = rebuildShim;
+          # the shim switches to pre-built specialisations: the fleet flake has no toplevel for
+          # root to build and compare the switch inhibitors of
+          preflight.switchInhibitors = false;
+        })
+      ];
       specialisation.same.configuration = {
         environment.etc."fleet-target".text = "same";
       };
@@ -117,6 +124,8 @@ in
               repoUrl = "git://server/fleet.git";
               hostname = "workstation";
               interval = 2;
+              # the VM's writable store is a small tmpfs overlay (see common.nix)
+              preflight.storeMinFree = 64 * 1024 * 1024;
             };
           };
         };

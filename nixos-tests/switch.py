@@ -63,3 +63,19 @@ with subtest("the privileged unit refuses a malformed request"):
     agent.wait_until_succeeds("test -e /var/lib/nixfleet-agent-privileged/bad-1/result.json", timeout=60)
     result = json.loads(agent.succeed("cat /var/lib/nixfleet-agent-privileged/bad-1/result.json"))
     assert result["exit_code"] == 2 and "action" in result["error"], result
+
+with subtest("a full /boot refuses the switch with the numbers, a freed one switches"):
+    # a small tmpfs over /boot, 150 of its 200 MiB taken: below the 64 MiB floor
+    agent.succeed("mkdir -p /boot && mount -t tmpfs -o size=200m nixfleet-boot /boot")
+    agent.succeed("head -c 150m /dev/zero > /boot/fill")
+    fleet_commit({"flake.nix": "{ outputs = { self }: { }; }\n", "target": "same"}, "switch on a full /boot")
+    since = send_command("agent", "pull-switch")
+    status = wait_status("agent", "pull-switch", since, timeout=300)
+    assert status["exit_code"] == 2, status
+    assert status["message"].startswith(
+        "preflight: not enough free space for a switch: /boot has 52428800 bytes free (50.0 MiB)"
+    ), status
+    assert not any(line.startswith("nixos-rebuild-shim") for line in output_lines("agent", since))
+    agent.succeed("rm /boot/fill")
+    switch_to("same")
+    agent.succeed("umount /boot")

@@ -221,11 +221,13 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 30.0) 
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def toml_dumps(settings: dict[str, object]) -> str:
-    """TOML for the agent's flat settings (str, int, bool, list of str), keys sorted like
-    pkgs.formats.toml renders them, so generated and golden config files compare byte for byte."""
+def toml_dumps(settings: dict[str, object], _table: str = "") -> str:
+    """TOML for the agent's settings (str, int, bool, list of str; tables of those, such as
+    ``[preflight]``, after the flat keys), keys sorted like pkgs.formats.toml renders them, so
+    generated and golden config files compare byte for byte."""
     lines = []
-    for key in sorted(settings):
+    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
+    for key in sorted(k for k in settings if k not in tables):
         value = settings[key]
         if isinstance(value, bool):
             rendered = "true" if value else "false"
@@ -238,4 +240,7 @@ def toml_dumps(settings: dict[str, object]) -> str:
         else:
             raise TypeError(f"config key {key}: cannot render {value!r} as flat TOML")
         lines.append(f"{key} = {rendered}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" if lines else ""
+    for key in sorted(tables):
+        text += f"\n[{_table}{key}]\n" + toml_dumps(tables[key], f"{_table}{key}.")  # type: ignore[arg-type]
+    return text

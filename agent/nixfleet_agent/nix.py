@@ -56,3 +56,31 @@ def rollback(program: Sequence[str]) -> list[str]:
 def reboot(*, darwin: bool, systemctl: str = "systemctl", shutdown: str = "/sbin/shutdown") -> list[str]:
     """Reboot the host now: ``systemctl reboot`` on NixOS, ``shutdown -r now`` on macOS (run as root)."""
     return [shutdown, "-r", "now"] if darwin else [systemctl, "reboot"]
+
+
+# ----- guard-rails (guard/): the system toplevel, generation retention, garbage collection ----------
+
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+
+
+def nixos_toplevel_build(flake: str, *, nix: str = "nix", refresh: bool = False) -> list[str]:
+    """Build the system ``flake`` (``<ref>#<host>``, as nixos-rebuild takes it) without activating it;
+    ``--json`` prints the toplevel's store path (read to compare its switch inhibitors)."""
+    ref, _, attr = flake.partition("#")
+    installable = f'{ref}#nixosConfigurations."{attr}".config.system.build.toplevel'
+    return [nix, *NIX_FLAGS, "build", "--no-link", "--json", installable, *(NO_NEGATIVE_CACHE if refresh else ())]
+
+
+def delete_generations(keep: int, *, profile: str = SYSTEM_PROFILE, nix_env: str = "nix-env") -> list[str]:
+    """Keep the last ``keep`` generations of ``profile`` (and any newer than the current one)."""
+    return [nix_env, "--profile", profile, "--delete-generations", f"+{keep}"]
+
+
+def install_boot_entries(profile: str = SYSTEM_PROFILE) -> list[str]:
+    """Rewrite the boot loader's entries from the generations that are left (what nixos-rebuild boot does)."""
+    return [f"{profile}/bin/switch-to-configuration", "boot"]
+
+
+def collect_garbage(*, nix_store: str = "nix-store") -> list[str]:
+    """Delete every store path no root (profile generation, result link, running process) keeps."""
+    return [nix_store, "--gc"]

@@ -18,6 +18,7 @@ let
     "tests/core"
     "tests/commands/test_runner.py"
     "tests/privileged"
+    "tests/guard"
   ];
 in
 python3Packages.buildPythonApplication {
@@ -40,6 +41,8 @@ python3Packages.buildPythonApplication {
         # the fault-injecting TCP proxy and the raw-frame WebSocket peer of the link tests
         (lib.fileset.maybeMissing ../../tests/faultproxy.py)
         (lib.fileset.maybeMissing ../../tests/rawpeer.py)
+        # the private mount namespace with small tmpfs of the pre-flight tests (they skip unless root)
+        (lib.fileset.maybeMissing ../../tests/mountns.py)
       ]
       ++ map (path: root + "/${path}") offlineTests
     );

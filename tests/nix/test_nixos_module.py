@@ -190,6 +190,9 @@ def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) ->
         "agent_input": "nixfleet-agent",
         "switch_launcher": "privileged",
         "privileged_dir": "/var/lib/nixfleet-agent-privileged/results",
+        # guard-rails (tests/nix/test_guard_options.py): on by default, root checks /boot and the store
+        "preflight": {"enable": True, "boot_paths": ["/boot"], "store_path": "/nix/store", "boot_kernel_factor": 2,
+                      "boot_min_free": 64 << 20, "store_min_free": 1 << 30, "switch_inhibitors": True},
     }
 
 

@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+from ..guard import agentside
 from ..repo import lockupdate
 from .. import nix
 from ..ops import operations
@@ -188,6 +189,8 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
         job.err(f"❌ Cannot switch: repository not ready ({why})")
         job.status("error", 1, f"repository not ready: {why}")
         return
+    if agentside.refused(job, privileged_switch(job.ctx.cfg)):  # pre-flight free space (root checks its own)
+        return
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
     # the privileged root unit builds its own argv: it adds the same --option when asked to refresh
@@ -298,17 +301,18 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
     stopped = job.tracker.sent_signal() is not None
     restart, why = (agentpkg.restart_needed(ctx.cfg.platform, op.agent_before) if result.ok else (False, ""))
     if result.ok:
+        note = agentside.result_note(op)  # root's: boot instead of switch (inhibitors), retention
         if op.action == "rollback":
             ctx.status.set("system", "ok", "Rollback successful (exit 0)")
             ctx.status.set("tests", "outdated", "Tests not run — run Test to verify system after rollback")
         else:
             job.progress("system", 3, 3, "complete")
             post_validation(job, "pull-switch" if op.command == "pull-switch" else "switch")
-            ctx.status.set("system", "ok", f"{label} successful (exit 0)")
+            ctx.status.set("system", "ok", f"{label} successful (exit 0)" + (f": {note}" if note else ""))
             ctx.status.set("tests", "outdated", "Tests not run — run Test to verify system")
         if restart:
             job.say(f"♻️  {why}: the agent restarts (exit {ctx.cfg.restart_exit_code}) to run the new version")
-        job.status("ok", 0, "force update complete" if op.command == "force-update" else "")
+        job.status("ok", 0, note or ("force update complete" if op.command == "force-update" else ""))
     else:
         if op.action != "rollback":
             job.progress("system", 0, 3, "error")

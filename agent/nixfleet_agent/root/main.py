@@ -27,13 +27,14 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import localfile, log, nix
 from ..config import CONFIG_FILE_MAX, DEFAULT_AGENT_INPUT
 from ..repo import gitenv
+from ..guard import rootside
 from . import lockrefresh, results, source, verify
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
@@ -54,6 +55,7 @@ class Settings:
     agent_input: str = DEFAULT_AGENT_INPUT
     keep: int = results.KEEP
     policy: verify.Policy = verify.Policy()
+    guard: rootside.RootGuard = field(default_factory=rootside.RootGuard)  # pre-flight, inhibitors, retention
 
 
 class Handler:
@@ -113,6 +115,7 @@ class Handler:
                                   "finished_at": results.now()}
         if error:
             doc["error"] = error
+        doc.update(self.s.guard.result_fields())
         self.results.write_json(op_dir, "result.json", doc, req.owner)
         self.results.prune(req.id)
         _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
@@ -127,6 +130,7 @@ class Handler:
         if req.action not in BUILD_ACTIONS:
             return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.s.guard.check_space(out)  # pre-flight free space: refused before anything is fetched
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
             signer = verify.check_signature(self.src.path, self.src.env, req.commit, self.s.policy,
@@ -144,7 +148,7 @@ class Handler:
             what = "lock refreshed by root" if build != req.commit else "lock unchanged"
             out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
         flake = self.src.flake_ref(build, self.s.flake_attr, ref)
-        code, error = self._run(nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh), out)
+        code, error = self.s.guard.rebuild(self.s.nixos_rebuild, req.action, flake, req.refresh, out, self._run, self.env)
         if code == 0:
             self.deployed.record(req.commit, build, req.action, results.now())
         return code, error
@@ -226,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
     add("--log-level", default="info", choices=sorted(log.LEVELS))
+    rootside.add_arguments(parser)
     return parser
 
 
@@ -299,6 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
                         policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
+    guard = rootside.load(args, darwin=settings.darwin)
+    if isinstance(guard, str):
+        return _unconfigured(args, guard)
+    settings.guard = guard
     try:
         src = _source(args, state_dir)
     except gitenv.KeyFileError as exc:

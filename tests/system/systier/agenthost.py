@@ -68,6 +68,9 @@ def install(
     agentwheel.install(box, f"{exchange_inside}/{rel}")
     box.write_file(units.SHIM_PATH, units.SHIM_SOURCE.read_text(), mode=0o755)
     box.write_file("/etc/nixfleet-test/rebuild-seconds", "0\n")
+    # root builds the toplevel first to compare its switch inhibitors (guard/rootside.py)
+    for tool in units.NIX_TOOLS:
+        box.write_file(f"/usr/local/bin/{tool}", units.NIX_TOOLS_SOURCE.read_text(), mode=0o755)
     box.write_file(units.CONFIG_PATH, config_for(golden_dir, url, repo_url))
     # What NixOS has and Debian lacks: the marker the agent detects NixOS by, and the agent on
     # the system PATH (where the agent looks for its installed self after a switch).

@@ -25,6 +25,8 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden" / "nixos"
 SHIM_SOURCE = Path(__file__).resolve().parents[1] / "files" / "nixos-rebuild"
 
 SHIM_PATH = "/usr/local/sbin/nixos-rebuild"
+NIX_TOOLS_SOURCE = SHIM_SOURCE.with_name("nix-tools")  # nix, nix-env, nix-store stand-ins
+NIX_TOOLS = ("nix", "nix-env", "nix-store")
 CONFIG_PATH = "/etc/nixfleet-agent/config.toml"
 AGENT_EXES = ("nixfleet-agent", "nixfleet-agent-privileged")
 UNIT_SUFFIXES = (".service", ".path", ".socket", ".timer")
