@@ -8,8 +8,9 @@ same byte with the same visible marker: one rule, not two.
 
 The rule: what fits under the limit is written; the first write that does not fit is cut after its
 last whole line that still fits, the marker line follows (it is not counted), and nothing more is
-written. Counting starts at the file's size when it was opened (a switch log already holds the
-agent's header lines).
+written. Counting starts at the file's size when it is opened (:func:`opened`: a switch log
+already holds the agent's header lines, and the agent appends its final lines after the switch);
+a log that already ends with the marker stays cut, so there is one marker, never two.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ STREAMED = "only streamed to the dashboard"  # attached: the agent still streams
 DROPPED = "dropped (the command kept running)"  # detached: the dashboard reads this very file
 
 
+PREFIX = "[nixfleet-agent: log truncated at "
+
+
 def marker(limit: int, rest: str) -> str:
-    return f"[nixfleet-agent: log truncated at {limit} bytes; further output was {rest}]\n"
+    return f"{PREFIX}{limit} bytes; further output was {rest}]\n"
 
 
 class Cap:
@@ -46,3 +50,18 @@ class Cap:
         kept = data[: cut + 1] if cut >= 0 else b""
         self.used += len(kept)
         return kept, marker(self.limit, self.rest)
+
+
+def opened(path: str, limit: int, rest: str = STREAMED) -> Cap:
+    """The cap of a log file as it is now (see the module doc)."""
+    cap = Cap(limit, 0, rest)
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - 512))
+            tail = fh.read()
+    except OSError:
+        return cap
+    cap.used = size
+    cap.full = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].startswith(PREFIX.encode())
+    return cap

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from ..privatefs import ensure_private_dir
+from . import logcap
 from .logcap import Cap
 
 KEEP = 20
@@ -83,7 +84,7 @@ class OpLog:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             # block-buffered: the runner writes a whole chunk of lines, then flushes once
             self._fh = os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=CHUNK_BUFFER)
-            self._cap.used = os.fstat(fd).st_size  # a reopened switch log counts what it holds
+            self._cap = logcap.opened(str(path), max_bytes)  # a reopened switch log counts what it holds
         except OSError as exc:
             self.error = f"cannot open {path}: {exc.strerror or exc}"
 
@@ -98,14 +99,15 @@ class OpLog:
                 # bounded by size as well as count (ops/logcap.py, the rule the switch wrapper
                 # applies too): a chatty command (~100 MiB/min) must not fill the state dir; the
                 # rest still streams to the dashboard
-                _, cut = self._cap.take((line + "\n").encode("utf-8", "replace"))
-                if cut is not None:
-                    self._fh.write(cut)
-                    self._fh.flush()
+                kept, cut = self._cap.take((line + "\n").encode("utf-8", "replace"))
+                if cut is not None or not kept:  # cut now, or already cut (a switch log the wrapper cut)
+                    if cut is not None:
+                        self._fh.write(cut)
+                        self._fh.flush()
                     self.truncated = True
                     self._close_locked()
                     return
-                self._fh.write(line + "\n")  # not cut: all of it fits
+                self._fh.write(line + "\n")  # one line: all of it fits
                 if flush:
                     self._fh.flush()
             except (OSError, ValueError) as exc:

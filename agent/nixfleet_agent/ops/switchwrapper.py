@@ -87,7 +87,7 @@ def run(launch_path: str) -> int:
     for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
         signal.signal(s, lambda *_: None)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    cap = logcap.Cap(int(job["max_bytes"]), os.fstat(fd).st_size, logcap.DROPPED)
+    cap = logcap.opened(log, int(job["max_bytes"]), logcap.DROPPED)
     out: dict[str, object] = {"exit_code": 1, "signal": None}
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
