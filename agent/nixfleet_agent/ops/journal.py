@@ -205,6 +205,11 @@ def unreported(state_dir: Path) -> list[Operation]:
 def mark_reported(state_dir: Path, op: Operation) -> None:
     op.reported = True
     save(state_dir, op)
+    # a launch file the wrapper never read (the agent died before the launch) carries an environment
+    try:
+        (ops_dir(state_dir) / f"{op.id}.launch").unlink(missing_ok=True)
+    except OSError:
+        pass
     prune(state_dir)
 
 
