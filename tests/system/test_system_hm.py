@@ -106,3 +106,16 @@ def test_killed_switch_unit_ends_with_a_final_error_and_the_agent_goes_on(
     assert final_status(dash, since)["exit_code"] == 0
     wait_for(lambda: hm.switch_units() == [], 20, "the killed and the finished unit to be collected",
              detail=lambda: hm.systemctl("list-units", "--all", "nixfleet-agent-switch-*", check=False).stdout)
+
+
+def test_stop_reaches_home_manager_in_its_unit(hm: HmHost, dash: Dashboard,
+                                               fleet: tuple[gitserver.FleetRepo, str]) -> None:
+    since = start_switch(hm, dash, fleet, 30, "stopped mid-switch")
+    [unit] = hm.switch_units()
+    agent = hm.agent_pid()
+    dash.send_command(HOSTNAME, "stop")
+    status = final_status(dash, since)
+    assert status["status"] == "stopped" and "SIGTERM" in str(status["message"]), status
+    assert hm.agent_pid() == agent, "stop reached the agent"
+    wait_for(lambda: hm.switch_units() == [], 20, f"{unit} to end after stop",
+             detail=lambda: hm.systemctl("status", unit, check=False).stdout)
