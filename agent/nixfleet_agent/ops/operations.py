@@ -61,9 +61,9 @@ WRAPPER_PATH = Path(__file__).with_name("switchwrapper.py")
 
 
 def wrapper_argv(*args: str) -> list[str]:
-    """How the wrapper is run: this interpreter, ignoring PYTHON* variables and the user site
-    (only the standard library and ``logcap.py`` next to it are imported)."""
-    return [sys.executable, "-E", "-s", str(WRAPPER_PATH), *args]
+    """How the wrapper is run: this interpreter in isolated mode (no PYTHON* variables, user site
+    or script directory on sys.path; it loads only the standard library and ``logcap.py``)."""
+    return [sys.executable, "-I", str(WRAPPER_PATH), *args]
 
 
 def write_launch(op: Operation, max_bytes: int, env: dict[str, str] | None = None) -> Path:

@@ -1,8 +1,10 @@
 """The switch wrapper: runs one detached switch/rollback, bounds its log, always writes a result.
 
-Run as a script (``python -E -s <this file> <launch file>``), never imported by the agent: it
+Run as a script (``python -I <this file> <launch file>``), never imported by the agent: it
 outlives the agent (its own session, or its own transient user unit), so it depends on nothing but
-the standard library and ``logcap.py`` next to it (the same log rule as the agent's, see there).
+the standard library and ``logcap.py`` next to it (the same log rule as the agent's, see there),
+loaded by path: isolated mode keeps ``PYTHON*`` variables, the user site and the script's own
+directory (whose module names could shadow the standard library's) out of ``sys.path``.
 
 - ``<launch file>`` (``operations/<id>.launch``, private, JSON) names the result and log paths,
   the working directory, the argv, the log limit and, for a transient unit (whose environment is
@@ -31,8 +33,13 @@ import time
 
 try:
     from . import logcap
-except ImportError:  # run as a script: logcap.py is next to this file, on sys.path[0]
-    import logcap  # type: ignore[import-not-found,no-redef]
+except ImportError:  # run as a script (``-I``: no script directory on sys.path): load the file next to us
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("logcap", os.path.join(os.path.dirname(__file__), "logcap.py"))
+    assert _spec is not None and _spec.loader is not None
+    logcap = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(logcap)
 
 CHUNK = 64 * 1024
 GRACE = 5.0
