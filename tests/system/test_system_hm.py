@@ -15,6 +15,7 @@ from dashboard import Dashboard
 from systier import agentwheel, gitserver, hmhost
 from systier.container import Container
 from systier.hmhost import AGENT_UNIT, HOSTNAME, HmHost
+from systier.rootfs import VENV_DIR
 from systier.waiting import wait_for
 
 TOKEN = "systier-hm-token-5c1f7a20-never-logged"
@@ -96,6 +97,7 @@ def test_killed_switch_unit_ends_with_a_final_error_and_the_agent_goes_on(
 ) -> None:
     since = start_switch(hm, dash, fleet, 30, "killed mid-switch")
     [unit] = hm.switch_units()
+    assert watch_verdict(hm, unit) == "None"  # running: the follower's liveness check waits
     hm.systemctl("kill", "--signal=KILL", unit)
     status = final_status(dash, since)
     assert status["exit_code"] != 0, status
@@ -106,6 +108,16 @@ def test_killed_switch_unit_ends_with_a_final_error_and_the_agent_goes_on(
     assert final_status(dash, since)["exit_code"] == 0
     wait_for(lambda: hm.switch_units() == [], 20, "the killed and the finished unit to be collected",
              detail=lambda: hm.systemctl("list-units", "--all", "nixfleet-agent-switch-*", check=False).stdout)
+    # had ExecStopPost= not written a result either, the follower's check (real systemctl) ends it
+    assert watch_verdict(hm, unit) == (f"the switch unit {unit} is gone without a result "
+                                       "(it never started, or ended and was collected without writing one)")
+
+
+def watch_verdict(hm: HmHost, unit: str) -> str:
+    """What liveness.UnitWatch says about ``unit`` after two checks, asked as the agent's user."""
+    probe = ("import sys; from nixfleet_agent.ops import liveness; "
+             "w = liveness.UnitWatch(sys.argv[1], every=0); w.ended(); print(w.ended())")
+    return hm.user(f"{VENV_DIR}/bin/python3", "-c", probe, unit).stdout.strip()
 
 
 def test_stop_reaches_home_manager_in_its_unit(hm: HmHost, dash: Dashboard,
