@@ -8,8 +8,8 @@ record's id is used to build paths (``<id>.offset``, ``logs/<id>.log``). So ever
 - the id must be a plain name (``[A-Za-z0-9._-]{1,64}``, not starting with ``.``, the root side's
   rule) and equal the file's own name, so ``../../escape`` never becomes a path;
 - every field must have its declared type (``pid`` a positive int or null, ``argv`` a list of
-  strings, ...), ``launcher`` one of the two launchers, and the log/result paths exactly the ones the
-  agent derives for that id and launcher;
+  strings, ...), ``launcher`` one of the two launchers, the log/result paths exactly the ones the
+  agent derives for that id and launcher, and ``unit`` empty or exactly :func:`switch_unit` of the id;
 - a record that fails is *quarantined* (renamed to ``<name>.bad`` next to it) and logged once with
   the reason: a restarted agent neither re-reports it as an "internal error" on every start nor
   trips over it again. ``nixfleet-agent status`` lists quarantined records.

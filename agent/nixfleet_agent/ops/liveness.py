@@ -12,10 +12,10 @@ The same holds for a switch in its own transient user unit (Home Manager on Linu
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 
 PRIVILEGED_UNIT = "nixfleet-agent-privileged.service"
 RUNNING_STATES = ("active", "activating", "deactivating", "reloading", "refreshing")
@@ -52,8 +52,9 @@ class UnitWatch:
     wrapper's pid (the unit's main process) is what is left to check.
     """
 
-    def __init__(self, unit: str, *, user: bool = True, pid: int | None = None, every: float = 2.0) -> None:
-        self.unit, self.user, self.pid, self.every = unit, user, pid, every
+    def __init__(self, unit: str, *, user: bool = True, pid: int | None = None,
+                 alive: Callable[[int | None], bool] | None = None, every: float = 2.0) -> None:
+        self.unit, self.user, self.pid, self.alive, self.every = unit, user, pid, alive, every
         self.checked_at = time.monotonic()
         self.dead = 0
 
@@ -64,7 +65,7 @@ class UnitWatch:
         state = unit_state(self.unit, user=self.user)
         if state is None:
             self.dead = 0
-            if self.pid and not _exists(self.pid):
+            if self.pid and self.alive is not None and not self.alive(self.pid):
                 return f"the switch process {self.pid} of {self.unit} ended without a result"
             return None
         self.dead = self.dead + 1 if ended(state) else 0
@@ -75,13 +76,3 @@ class UnitWatch:
                     "(it never started, or ended and was collected without writing one)")
         return (f"the switch unit {self.unit} ended without a result "
                 f"(ActiveState={state.get('ActiveState')}, Result={state.get('Result', '?')})")
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -234,7 +234,8 @@ def follow(
     fh = None
     waited_since = time.monotonic()
     checked_at, dead = time.monotonic(), 0
-    unit = liveness.UnitWatch(op.unit, user=True, pid=op.pid, every=LIVENESS_EVERY) if op.unit else None
+    unit = (liveness.UnitWatch(op.unit, user=True, pid=op.pid, alive=pid_alive, every=LIVENESS_EVERY)
+            if op.unit else None)
     try:
         while True:
             if fh is None and not unreadable:
