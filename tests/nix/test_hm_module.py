@@ -123,6 +123,9 @@ def test_linux_user_service(linux: tuple[Path, str]) -> None:
     assert exe.endswith("/bin/nixfleet-agent") and flag == "--config" and config.endswith("-nixfleet-agent.toml")
     assert parsed["Service"]["Restart"] == ["always"]
     assert parsed["Install"]["WantedBy"] == ["default.target"]
+    # activation leaves a changed agent unit running (a restart would SIGTERM the switch the agent
+    # runs); the agent restarts itself after the switch when its definition changed (issue 13)
+    assert parsed["Unit"]["X-RestartIfChanged"] == ["false"]
     # only PATH (no secret: the agent reads tokenFile itself); no system target it cannot see
     assert [e.partition("=")[0] for e in parsed["Service"]["Environment"]] == ["PATH"]
     assert "EnvironmentFile" not in parsed["Service"]

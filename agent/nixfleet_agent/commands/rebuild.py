@@ -25,7 +25,7 @@ from pathlib import Path
 from ..guard import agentside
 from ..repo import lockupdate
 from .. import nix
-from ..ops import operations
+from ..ops import operations, transient
 from .. import log as logmod
 from ..kinds import Action, LaunchMode
 from ..ops.runner import Result, signal_name
@@ -212,6 +212,12 @@ def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False
     # Home Manager always detaches.
     launcher = LaunchMode.PRIVILEGED if privileged_switch(cfg) else LaunchMode.DETACHED
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
+    # detached: in a transient user unit where a user manager answers (ops/transient.py), so no
+    # restart of the agent's own unit can kill it; else in a session of its own
+    why = transient.why_unavailable(Path(cfg.state_dir)) if launcher == LaunchMode.DETACHED else "privileged"
+    unit = operations.switch_unit(job.op_id) if why is None else ""
+    if launcher == LaunchMode.DETACHED:
+        _log.info("switch_launcher", id=job.op_id, unit=unit or "-", reason=why or "user manager answers")
     repo = job.ctx.repo
     commit = repo.head() if repo is not None else ""
     return operations.Operation(
@@ -221,7 +227,7 @@ def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False
         commit=commit,
         pre_generation=commit[:7],
         pre_system=_pre_system(cfg.platform), agent_before=agentpkg.fingerprint(cfg.platform),
-        flake_attr=cfg.hostname, refresh=refresh, update_lock=update_lock,
+        flake_attr=cfg.hostname, refresh=refresh, update_lock=update_lock, unit=unit,
     )
 
 
@@ -230,6 +236,8 @@ def launch_and_follow(job: Job, op: operations.Operation) -> Result | None:
     ctx = job.ctx
     state_dir = Path(ctx.cfg.state_dir)
     job.log.write(f"# operation {op.id}: {' '.join(op.argv)}")
+    if op.unit:
+        job.say(f"   in the transient unit {op.unit} (it survives restarts of the agent)")
     job.close_log()  # the wrapper appends to the same file from here on
     if op.launcher == "detached":
         try:
@@ -240,8 +248,10 @@ def launch_and_follow(job: Job, op: operations.Operation) -> Result | None:
         job.err("❌ Cannot request a privileged switch: the repository has no commit")
         return Result(exit_code=1, start_error="repository has no commit")
     operations.save(state_dir, op)  # on disk before it starts
+    cap = ctx.cfg.op_log_max_mb * 1024 * 1024
     launcher: operations.Launcher = (operations.PrivilegedLauncher(state_dir) if op.launcher == "privileged"
-                                     else operations.DetachedLauncher())
+                                     else transient.TransientLauncher(cap) if op.unit
+                                     else operations.DetachedLauncher(cap))
     try:
         op.pid = launcher.start(op)
     except OSError as exc:
@@ -268,7 +278,7 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
                                    killed_by=job.tracker.sent_signal, request_path=request)
     finally:
         job.tracker.track(None)
-    if op.pid and op.launcher == "detached":
+    if op.pid and op.launcher == "detached" and not op.unit:
         try:  # reap our own wrapper (it exits right after writing the result)
             os.waitpid(op.pid, 0)
         except ChildProcessError:

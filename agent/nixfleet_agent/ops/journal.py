@@ -8,8 +8,8 @@ record's id is used to build paths (``<id>.offset``, ``logs/<id>.log``). So ever
 - the id must be a plain name (``[A-Za-z0-9._-]{1,64}``, not starting with ``.``, the root side's
   rule) and equal the file's own name, so ``../../escape`` never becomes a path;
 - every field must have its declared type (``pid`` a positive int or null, ``argv`` a list of
-  strings, ...), ``launcher`` one of the two launchers, and the log/result paths exactly the ones the
-  agent derives for that id and launcher;
+  strings, ...), ``launcher`` one of the two launchers, the log/result paths exactly the ones the
+  agent derives for that id and launcher, and ``unit`` empty or exactly :func:`switch_unit` of the id;
 - a record that fails is *quarantined* (renamed to ``<name>.bad`` next to it) and logged once with
   the reason: a restarted agent neither re-reports it as an "internal error" on every start nor
   trips over it again. ``nixfleet-agent status`` lists quarantined records.
@@ -57,6 +57,7 @@ class Operation:
     refresh: bool = False  # privileged: build bypassing Nix's negative narinfo cache (force-*)
     update_lock: bool = False  # privileged force-update: root refreshes the agent's input before building
     pid: int | None = None
+    unit: str = ""  # detached in a transient user unit: its name (switch_unit(id)); "" for a session
     started_at: float = field(default_factory=time.time)
     reported: bool = False
 
@@ -80,6 +81,12 @@ def expected_paths(state_dir: Path, op_id: str, launcher: str, privileged_dir: P
         base = Path(privileged_dir) / op_id
         return base / "output.log", base / "result.json"
     return Path(state_dir) / "logs" / f"{op_id}.log", ops_dir(state_dir) / f"{op_id}.result"
+
+
+def switch_unit(op_id: str) -> str:
+    """The transient user unit a detached operation runs in (ops/transient.py): the only unit name
+    a record may name, so a record can never point the agent at another unit."""
+    return f"nixfleet-agent-switch-{op_id}.service"
 
 
 def _check_type(name: str, value: Any, kind: str) -> None:
@@ -122,6 +129,8 @@ def parse(data: object, stem: str, state_dir: Path) -> Operation:
     for name in ("command", "action"):
         if not _NAME_RE.fullmatch(getattr(op, name)):
             raise BadRecord(f"field {name} is not a command name (got {getattr(op, name)[:40]!r})")
+    if op.unit and (op.launcher != "detached" or op.unit != switch_unit(op.id)):
+        raise BadRecord(f"unit {op.unit[:80]!r} is not the switch unit of this id")
     log_path, result_path = Path(op.log_path), Path(op.result_path)
     privileged_dir = log_path.parent.parent if op.launcher == "privileged" else Path("/")
     if ".." in log_path.parts or (log_path, result_path) != expected_paths(
@@ -183,6 +192,11 @@ def unreported(state_dir: Path) -> list[Operation]:
 def mark_reported(state_dir: Path, op: Operation) -> None:
     op.reported = True
     save(state_dir, op)
+    # a launch file the wrapper never read (the agent died before the launch) carries an environment
+    try:
+        (ops_dir(state_dir) / f"{op.id}.launch").unlink(missing_ok=True)
+    except OSError:
+        pass
     prune(state_dir)
 
 
@@ -192,7 +206,7 @@ def prune(state_dir: Path, keep: int = KEEP_REPORTED) -> None:
     done = [op for op in load_all(state_dir) if op.reported]
     directory = ops_dir(state_dir)
     for op in done[: max(0, len(done) - keep)]:
-        for suffix in (".json", ".result", ".offset"):
+        for suffix in (".json", ".result", ".offset", ".launch"):
             try:
                 (directory / f"{op.id}{suffix}").unlink()
             except OSError:

@@ -7,12 +7,12 @@ agent's pipes, dies with it or is killed by SIGPIPE (upstream P1920). So:
 1. The operation is recorded in ``operations/<id>.json`` *before* it starts (id, command, target
    commit, pre-switch generation and system path, installed-agent fingerprint, log and result
    paths); the launcher's PID is added once known.
-2. A *launcher* starts it outside the agent's process tree:
-   ``detached`` - a tiny Python wrapper in its own session (stdin ``/dev/null``, stdout+stderr
-   appended to ``logs/<id>.log``) that writes ``operations/<id>.result`` (JSON, atomically) when
-   the rebuild exits. The wrapper catches SIGTERM/SIGHUP/SIGINT (handlers, not SIG_IGN, so the
-   rebuild keeps default dispositions after exec) so that ``stop`` reaches the rebuild and the
-   wrapper still records how it ended.
+2. A *launcher* starts it outside the agent's process tree, under the switch wrapper
+   (``ops/switchwrapper.py``: stdin ``/dev/null``, stdout+stderr appended to ``logs/<id>.log``
+   within ``op_log_max_mb``, ``operations/<id>.result`` written atomically when the rebuild exits):
+   ``detached`` - the wrapper in its own session; under a systemd user manager (Home Manager on
+   Linux) in its own transient user unit instead (``ops/transient.py``, the record names the
+   unit), because a session stays in the agent unit's cgroup and dies with any restart of it.
    ``privileged`` - NixOS and nix-darwin: writes ``privileged/request.json`` for the root unit and follows
    ``<privileged_dir>/<id>/output.log`` and ``result.json`` (contract in docs/root-boundary.md).
 3. The agent streams the operation by following the log file (read to EOF, then wait 50 ms; the
@@ -39,12 +39,15 @@ from typing import Protocol
 
 from .. import log as logmod
 from . import liveness
-from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
+from .journal import (Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, switch_unit,
+                      unreported, valid_id)
 from ..privatefs import ensure_private_dir, write_private
+from .oplog import MAX_BYTES
 from .runner import CHUNK, LineSplitter, Result, child_env
 
 # the journal's API, re-exported: callers keep using ``operations.save`` etc.
-__all__ = ["Operation", "load_all", "mark_reported", "ops_dir", "prune", "save", "unreported", "valid_id"]
+__all__ = ["Operation", "load_all", "mark_reported", "ops_dir", "prune", "save", "switch_unit", "unreported",
+           "valid_id"]
 
 _log = logmod.get("operations")
 
@@ -53,29 +56,25 @@ OFFSET_SAVE_EVERY = 1.0
 PICKUP_TIMEOUT = 60.0  # privileged request not consumed within this -> the root unit is missing
 LIVENESS_EVERY = 2.0  # how often a privileged follow asks systemd whether the root unit still runs
 
-# Runs as `python -c WRAPPER <result> <log> <cwd> argv...`; must stay dependency-free.
-WRAPPER = r"""
-import json, os, signal, subprocess, sys, time
-res, logp, cwd, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-    signal.signal(s, lambda *_: None)
-fd = os.open(logp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-out = {"exit_code": 1, "signal": None}
-try:
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=cwd or None)
-    code = p.wait()
-    out = {"exit_code": code if code >= 0 else 128 - code, "signal": -code if code < 0 else None}
-except OSError as e:
-    why = "not found" if isinstance(e, FileNotFoundError) else (e.strerror or str(e))
-    msg = "cannot start %s: %s" % (argv[0] if argv else "(empty)", why)
-    os.write(fd, (msg + "\n").encode())
-    out = {"exit_code": 127 if isinstance(e, FileNotFoundError) else 126, "signal": None, "error": msg}
-out["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-tmp = res + ".tmp"
-with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-    json.dump(out, f)
-os.replace(tmp, res)
-"""
+# The wrapper program (a script, run by path: it outlives the agent; see its docstring).
+WRAPPER_PATH = Path(__file__).with_name("switchwrapper.py")
+
+
+def wrapper_argv(*args: str) -> list[str]:
+    """How the wrapper is run: this interpreter in isolated mode (no PYTHON* variables, user site
+    or script directory on sys.path; it loads only the standard library and ``logcap.py``)."""
+    return [sys.executable, "-I", str(WRAPPER_PATH), *args]
+
+
+def write_launch(op: Operation, max_bytes: int, env: dict[str, str] | None = None) -> Path:
+    """``operations/<id>.launch``: what the wrapper runs (private; it removes the file once read)."""
+    path = Path(op.result_path).with_suffix(".launch")
+    job: dict[str, object] = {"result": op.result_path, "log": op.log_path, "cwd": op.cwd, "argv": op.argv,
+                              "max_bytes": max_bytes}
+    if env is not None:
+        job["env"] = env
+    write_private(path, json.dumps(job), durable=True)
+    return path
 
 
 def read_result(path: Path) -> Result | None:
@@ -144,14 +143,17 @@ class Launcher(Protocol):
 
 
 class DetachedLauncher:
-    """Default: the rebuild runs in its own session under the wrapper; output to the op log."""
+    """Where there is no user manager (macOS, a bare Linux session): the wrapper in its own session."""
 
     name = "detached"
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
 
     def start(self, op: Operation) -> int | None:
         ensure_private_dir(Path(op.log_path).parent)
         proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, op.result_path, op.log_path, op.cwd, *op.argv],
+            wrapper_argv(str(write_launch(op, self.max_bytes))),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True, env=child_env(),
         )
@@ -232,6 +234,8 @@ def follow(
     fh = None
     waited_since = time.monotonic()
     checked_at, dead = time.monotonic(), 0
+    unit = (liveness.UnitWatch(op.unit, user=True, pid=op.pid, alive=pid_alive, every=LIVENESS_EVERY)
+            if op.unit else None)
     try:
         while True:
             if fh is None and not unreadable:
@@ -266,7 +270,13 @@ def follow(
                 splitter.close()
                 save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return result
-            if op.launcher == "detached" and not pid_alive(op.pid):
+            if unit is not None:  # a transient unit: ask the user manager (with the pid as fallback)
+                gone = unit.ended()
+                if gone is not None and read_result(result_path) is None:
+                    splitter.close()
+                    save_offset(state_dir, op, offset - splitter.pending_bytes())
+                    return Result(exit_code=1, start_error=gone)
+            elif op.launcher == "detached" and not pid_alive(op.pid):
                 if read_result(result_path) is not None:
                     continue
                 splitter.close()

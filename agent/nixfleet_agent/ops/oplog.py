@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from ..privatefs import ensure_private_dir
+from . import logcap
+from .logcap import Cap
 
 KEEP = 20
 MAX_BYTES = 50 * 1024 * 1024  # default per-operation bound (setting op_log_max_mb)
@@ -75,14 +77,14 @@ class OpLog:
         self.error: str | None = None
         self.max_bytes = max_bytes
         self.truncated = False
-        self._written = 0
+        self._cap = Cap(max_bytes)
         self._lock = threading.Lock()
         self._fh: IO[str] | None = None
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             # block-buffered: the runner writes a whole chunk of lines, then flushes once
             self._fh = os.fdopen(fd, "a", encoding="utf-8", errors="replace", buffering=CHUNK_BUFFER)
-            self._written = os.fstat(fd).st_size  # a reopened switch log counts what it holds
+            self._cap = logcap.opened(str(path), max_bytes)  # a reopened switch log counts what it holds
         except OSError as exc:
             self.error = f"cannot open {path}: {exc.strerror or exc}"
 
@@ -94,18 +96,18 @@ class OpLog:
             if self._fh is None:
                 return
             try:
-                size = len(line.encode("utf-8", "replace")) + 1
-                if self._written + size > self.max_bytes:
-                    # bounded by size as well as count: a chatty command (~100 MiB/min) must not
-                    # fill the state dir; the rest still streams to the dashboard
-                    self._fh.write(f"[nixfleet-agent: log truncated at {self.max_bytes} bytes; "
-                                   "further output was only streamed to the dashboard]\n")
-                    self._fh.flush()
+                # bounded by size as well as count (ops/logcap.py, the rule the switch wrapper
+                # applies too): a chatty command (~100 MiB/min) must not fill the state dir; the
+                # rest still streams to the dashboard
+                kept, cut = self._cap.take((line + "\n").encode("utf-8", "replace"))
+                if cut is not None or not kept:  # cut now, or already cut (a switch log the wrapper cut)
+                    if cut is not None:
+                        self._fh.write(cut)
+                        self._fh.flush()
                     self.truncated = True
                     self._close_locked()
                     return
-                self._written += size
-                self._fh.write(line + "\n")
+                self._fh.write(line + "\n")  # one line: all of it fits
                 if flush:
                     self._fh.flush()
             except (OSError, ValueError) as exc:
@@ -149,7 +151,7 @@ class NullLog(OpLog):
         self.error = None
         self._lock = threading.Lock()
         self._fh = None
-        self.max_bytes, self.truncated, self._written = MAX_BYTES, False, 0
+        self.max_bytes, self.truncated, self._cap = MAX_BYTES, False, Cap(MAX_BYTES)
 
 
 def open_log(state_dir: Path, op_id: str | None = None, header: str | None = None,

@@ -26,6 +26,7 @@ PACKAGES = (
     "systemd-sysv",
     "dbus",
     "libnss-systemd",  # names for DynamicUser uids, as on NixOS
+    "libpam-systemd",  # user@.service (a user manager for the Home Manager tier) needs pam_systemd
     "python3",
     "python3-venv",
     "git",
