@@ -101,6 +101,17 @@ def test_status_never_raises_on_a_type_corrupted_state_file(tmp_path: Path) -> N
             assert "state dir" in result.stdout or '"state_dir"' in result.stdout
 
 
+def test_status_does_not_hang_on_a_state_file_that_is_a_fifo(tmp_path: Path) -> None:
+    """A FIFO named state.json (no writer) used to block `nixfleet-agent status` in open()."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "state.json")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+           "NIXFLEET_STATE_DIR": str(state)}
+    result = run_cli(["status", "--json"], env)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
 def test_status_never_raises_on_a_broken_state_dir(tmp_path: Path) -> None:
     """A dangling log symlink and an 'alive' that is a loop: status still prints what it can."""
     state = tmp_path / "state"

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..repo import gitenv
 from .. import log
+from ..localfile import LocalFileError, read_text
 from ..privatefs import write_private
 from ..redact import redact
 from ..link.protocol import COMPARTMENTS
@@ -39,11 +40,9 @@ STATE_MAX_BYTES = 1 << 20  # the agent writes a few KiB; anything larger is not 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
     """The decoded state file, {} when absent, unreadable, oversized or not a JSON object."""
-    try:
-        with open(state_dir / STATE_FILE, "rb") as fh:
-            raw = fh.read(STATE_MAX_BYTES + 1)
-        data = json.loads(raw.decode("utf-8")) if len(raw) <= STATE_MAX_BYTES else None
-    except (OSError, ValueError):
+    try:  # the one bounded, non-blocking reader: a FIFO or device named state.json must not hang `status`
+        data = json.loads(read_text(str(state_dir / STATE_FILE), STATE_MAX_BYTES))
+    except (LocalFileError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
