@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from .guard import settings as guard_settings
 from .host.facts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
+from .kinds import LAUNCHERS
 from .names import HOSTNAME_RE
 from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file
@@ -57,7 +58,6 @@ CONFIG_FILE_MAX = 1 << 20
 # whatever directory the agent was started in; a clone would land in relstate/relstate/...).
 PATH_KEYS = ("state_dir", "repo_dir", "config_repo", "token_file", "ssh_key_file", "known_hosts_file",
              "ca_file", "privileged_dir")
-LAUNCHERS = ("detached", "privileged")
 
 # key -> (env var, kind, bounds). kind: str | int | list. Order = documentation order.
 _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {

@@ -29,3 +29,6 @@ class LaunchMode(StrEnum):
 
     DETACHED = "detached"
     PRIVILEGED = "privileged"
+
+
+LAUNCHERS: tuple[str, ...] = tuple(mode.value for mode in LaunchMode)  # for messages and checks

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import log as logmod
-from ..kinds import Action, LaunchMode
+from ..kinds import LAUNCHERS, Action, LaunchMode
 from ..names import valid_id
 from .. import privatefs
 from ..privatefs import QUARANTINE_SUFFIX, write_private
@@ -33,7 +33,6 @@ from ..privatefs import QUARANTINE_SUFFIX, write_private
 _log = logmod.get("journal")
 
 # One rule for an operation id, shared with the root side's request check (root/request.py).
-LAUNCHERS = ("detached", "privileged")
 _NAME_RE = re.compile(r"[a-z][a-z-]{0,31}")  # command and action names
 KEEP_REPORTED = 20
 KEEP_QUARANTINED = 20
