@@ -20,6 +20,7 @@ from .host.facts import default_state_dir, detect_hostname, detect_platform, is_
 from .log import LEVELS
 from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file
+from .visibility import settings as visibility_settings
 
 
 def _toml() -> Any:
@@ -138,6 +139,7 @@ class Config:
     restart_exit_code: int = 101
     op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
     config_file: str = ""
+    visibility: visibility_settings.Settings = field(default_factory=visibility_settings.Settings)
 
     @property
     def isolated(self) -> bool:
@@ -182,7 +184,7 @@ def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file: '{path}' is not valid TOML: {exc}")
         return {}
     for key in list(data):
-        if key not in _SPECS:
+        if key not in _SPECS and key not in visibility_settings.TABLES:
             hint = " (the token is never read from the config file; use token_file)" if key == "token" else ""
             problems.append(f"{key} (in {path}): unknown setting{hint}")
             del data[key]
@@ -367,6 +369,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         problems.append(f"{where('agent_input')}: not a flake input name (got {_show(agent_input)!r})")
 
     token, token_path = _resolve_token(src, env, problems)
+    visibility = visibility_settings.parse(file_values, env, config_path, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -410,6 +413,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),
         op_log_max_mb=values.get("op_log_max_mb", 50),
         config_file=config_path,
+        visibility=visibility,
     )
 
 
