@@ -87,7 +87,8 @@ class AutoReboot:
         self.clock, self.localtime, self.rng = clock, localtime, rng
         self.planned: float | None = None  # epoch of the planned reboot, inside the current window
         self.quiet_until = 0.0
-        self._stop = stop or threading.Event()
+        self._agent_stop = stop or threading.Event()  # the agent's: read, never set here
+        self._halt = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -133,7 +134,7 @@ class AutoReboot:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
 
     def join(self, timeout: float) -> None:
@@ -141,7 +142,7 @@ class AutoReboot:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not (self._halt.is_set() or self._agent_stop.is_set()):
             try:
                 wait = self.step()
             except Exception as exc:  # noqa: BLE001 - a bug here must not end the agent
