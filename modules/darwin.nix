@@ -232,7 +232,8 @@ in
         }
         // lib.optionalAttrs (cfg.tokenFile != null) { token_file = toString cfg.tokenFile; }
         // lib.optionalAttrs (cfg.sshKeyFile != null) { ssh_key_file = toString cfg.sshKeyFile; }
-      );
+      )
+      // shared.visibilitySettings cfg;
 
     users.users.${cfg.user} = {
       inherit (cfg) uid;

@@ -93,7 +93,8 @@ in
               # nixos-rebuild as the user.
               platform = "home-manager";
             }
-          );
+          )
+          // shared.visibilitySettings cfg;
       }
 
       (lib.mkIf isDarwin {

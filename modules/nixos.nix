@@ -47,6 +47,8 @@ let
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
+  metricsDir = cfg.metrics.textfileDirectory;
+
   validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}" cfg.hostname != null;
 in
 {
@@ -78,6 +80,10 @@ in
         message = "services.nixfleet-agent.configRepoUser only applies with configRepo; remove it (with repoUrl the agent runs as a dynamic user).";
       }
       {
+        assertion = metricsDir == null || builtins.match "/run/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*" metricsDir != null;
+        message = "services.nixfleet-agent.metrics.textfileDirectory must be a directory under /run on NixOS (the agent runs as a dynamic user; systemd creates the directory for it), got ${toString metricsDir}; set it to e.g. \"/run/nixfleet-agent-metrics\" and pass --collector.textfile.directory=/run/nixfleet-agent-metrics to the node exporter.";
+      }
+      {
         assertion = validAttr;
         message = "services.nixfleet-agent.hostname must be 1-63 characters of A-Z a-z 0-9 . _ -, not starting with . (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
       }
@@ -85,11 +91,14 @@ in
 
     warnings = shared.warnings cfg "services.nixfleet-agent";
 
-    services.nixfleet-agent.settings = shared.settingsFromOptions cfg // {
-      # switches go through the root unit below, never through the agent's own children
-      switch_launcher = "privileged";
-      privileged_dir = "${privilegedDir}/results";
-    };
+    services.nixfleet-agent.settings =
+      shared.settingsFromOptions cfg
+      // {
+        # switches go through the root unit below, never through the agent's own children
+        switch_launcher = "privileged";
+        privileged_dir = "${privilegedDir}/results";
+      }
+      // shared.visibilitySettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";
@@ -184,6 +193,12 @@ in
         ProtectHome = "tmpfs";
         BindPaths = [ cfg.configRepo ];
         ReadWritePaths = [ cfg.configRepo ];
+      }
+      // lib.optionalAttrs (metricsDir != null) {
+        # The textfile directory: a dynamic user can write only what systemd makes for it;
+        # 0755 lets node_exporter (another user) read the 0644 file. Removed with the unit.
+        RuntimeDirectory = [ (lib.removePrefix "/run/" metricsDir) ];
+        RuntimeDirectoryMode = "0755";
       };
     };
 
