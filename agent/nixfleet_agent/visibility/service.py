@@ -84,7 +84,8 @@ class Visibility:
     def families(self) -> list[Family]:
         rb, dr = self.reboot_state(), self.drift_state()
         sw = record.switch_record(self.status)
-        last = sw.get("last") if isinstance(sw.get("last"), dict) else {}
+        found = sw.get("last")
+        last: dict[str, Any] = found if isinstance(found, dict) else {}
         counts = record.counters(self.status)
         fams = [
             Family("nixfleet_agent_info", "gauge", "The running agent: version and the commit it was built from.",

@@ -20,28 +20,33 @@ def _days_since(stamp: Any, now: float) -> str:
     return f" ({days} day{'s' if days != 1 else ''} ago)"
 
 
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def lines(extras: dict[str, Any], now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     summary = extras.get("visibility")
     if not isinstance(summary, dict):
         return []
     out: list[str] = []
-    rb = summary.get("reboot") if isinstance(summary.get("reboot"), dict) else {}
+    rb = _table(summary.get("reboot"))
     if rb.get("applicable") is False:
         out.append("needs reboot: not applicable on this platform")
     elif rb.get("needed") is True:
-        reasons = rb.get("reasons") if isinstance(rb.get("reasons"), list) else []
+        found = rb.get("reasons")
+        reasons: list[Any] = found if isinstance(found, list) else []
         out.append(f"needs reboot: yes ({', '.join(str(r) for r in reasons)})")
     elif rb.get("needed") is False:
         out.append("needs reboot: no")
     else:
         out.append(f"needs reboot: unknown{' (' + str(rb.get('detail')) + ')' if rb.get('detail') else ''}")
-    auto = rb.get("auto") if isinstance(rb.get("auto"), dict) else {}
+    auto = _table(rb.get("auto"))
     if auto.get("allowed") is True:
         planned = auto.get("planned_at")
         out.append(f"automatic reboot: allowed in {auto.get('window')}"
                    + (f", planned at {planned}" if isinstance(planned, str) else ""))
-    dr = summary.get("drift") if isinstance(summary.get("drift"), dict) else {}
+    dr = _table(summary.get("drift"))
     deployed = dr.get("deployed_commit")
     behind = dr.get("commits_behind")
     if isinstance(deployed, str) and isinstance(behind, int):
