@@ -16,6 +16,7 @@ from nixfleet_agent.dispatcher import Dispatcher
 from nixfleet_agent.host.status import StatusStore
 from nixfleet_agent.link.outbox import Outbox
 from nixfleet_agent.reporter import Reporter
+from nixfleet_agent.visibility import service
 from nixfleet_agent.visibility.service import Visibility
 from support import wait_for
 
@@ -29,6 +30,7 @@ def parts(tmp_path: Path, shims, monkeypatch: pytest.MonkeyPatch):  # type: igno
     for key, value in shims.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(control, "REBOOT_DELAY", 0.0)
+    monkeypatch.setattr(service, "ANNOUNCE_WAIT", 0.2)  # nothing confirms delivery here
     cfg = load({}, {"NIXFLEET_URL": "ws://127.0.0.1:9/ws", "NIXFLEET_TOKEN": "t", "NIXFLEET_HOSTNAME": "h",
                     "NIXFLEET_STATE_DIR": str(tmp_path / "state"), "NIXFLEET_REPO_DIR": str(tmp_path / "repo"),
                     "NIXFLEET_PLATFORM": "nixos", "NIXFLEET_REBOOT_ALLOW": "true"})
@@ -49,6 +51,9 @@ def test_fires_through_control_reboot_announced_first(parts, shims) -> None:  # 
     vis, dispatcher, outbox, stop = parts
     vis.start(lambda: dispatcher.pending()[0] is not None, dispatcher.run_exclusive, stop)
     assert vis.auto is not None
+    assert vis.auto.busy().startswith("dashboard not connected")  # the announcement must be seen
+    vis.connected = True
+    assert vis.auto.busy() == ""
     vis.stop()  # drive it by hand from here; the thread has ended
     vis.auto.join(10)
     assert vis.auto.fire("needs reboot (kernel); inside the reboot window 00:00-00:00")
@@ -67,6 +72,9 @@ def test_refused_while_the_slot_is_taken(parts, shims) -> None:  # type: ignore[
     gate = threading.Event()
     assert dispatcher.run_exclusive("switch", lambda job: gate.wait(10))  # a command runs
     assert dispatcher.run_exclusive("reboot", lambda job: None) is False
+    vis.connected = True
+    vis.start(lambda: dispatcher.pending()[0] is not None, dispatcher.run_exclusive, stop)
+    assert vis.auto is not None and vis.auto.busy() == "a command is running"
     gate.set()
     wait_for(lambda: dispatcher.pending()[0] is None, 10, "switch to finish")
     assert shims.calls("systemctl") == []

@@ -35,7 +35,8 @@ class Host:
         lo, up = parse_time(lower), parse_time(upper)
         assert lo is not None and up is not None
         settings = Settings(reboot_allow=True, window_lower=lo, window_upper=up, randomized_delay_sec=delay)
-        self.auto = AutoReboot(settings, lambda: self.state, lambda: self.busy, self._fire,
+        self.auto = AutoReboot(settings, lambda: self.state, lambda: "a command is running" if self.busy else "",
+                               self._fire,
                                clock=lambda: self.now, localtime=time.gmtime, rng=lambda: rng)
 
     def _fire(self, reason: str) -> bool:
@@ -165,7 +166,7 @@ def test_thread_stops_and_poke_wakes_it() -> None:
         return NOT_NEEDED
 
     settings = Settings(reboot_allow=True)
-    auto = AutoReboot(settings, needs, lambda: False, lambda reason: True, stop=stop)
+    auto = AutoReboot(settings, needs, lambda: "", lambda reason: True, stop=stop)
     auto.start()
     assert decided.wait(10)
     decided.clear()

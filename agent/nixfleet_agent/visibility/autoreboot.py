@@ -5,7 +5,8 @@ Why one thread that sleeps on an Event instead of a polling loop: an idle agent 
 :meth:`AutoReboot.step` decides and returns how long nothing can change (until the window opens,
 until the planned moment, an hour while no reboot is needed); the thread sleeps exactly that and is
 woken early by :meth:`poke` (the needs-reboot verdict changed) or :meth:`stop`. The only repeated
-wait shorter than an hour is the one-minute re-check while a command holds the slot. Clock and
+wait shorter than an hour is the one-minute re-check while a command holds the slot
+(or the dashboard is not connected: the reboot is announced there first). Clock and
 randomness are injected, so tests drive ``step`` with any time of day and never sleep.
 
 The reboot itself is the ``reboot`` command's path (``commands.control.reboot``: the root unit on
@@ -65,14 +66,15 @@ def seconds_of_day(epoch: float, localtime: Callable[[float], time.struct_time] 
 
 
 class AutoReboot:
-    """``fire(reason)`` starts the reboot in the command slot and returns False when the slot was
-    taken meanwhile (then it counts as busy)."""
+    """``busy()`` names why not now ("a command is running", "dashboard not connected": the
+    announcement must be seen) or returns "". ``fire(reason)`` starts the reboot in the command
+    slot and returns False when the slot was taken meanwhile (then it counts as busy)."""
 
     def __init__(
         self,
         settings: Settings,
         needs: Callable[[], RebootState],
-        busy: Callable[[], bool],
+        busy: Callable[[], str],
         fire: Callable[[str], bool],
         *,
         clock: Callable[[], float] = time.time,
@@ -112,8 +114,9 @@ class AutoReboot:
                       window=self.window_text, reasons=",".join(state.reasons))
         if now < self.planned:
             return min(self.planned - now, IDLE_WAIT)
-        if self.busy():
-            _log.info("reboot_deferred", reason="a command is running")
+        why_not = self.busy()
+        if why_not:
+            _log.info("reboot_deferred", reason=why_not)
             return BUSY_WAIT
         reason = (f"needs reboot ({', '.join(state.reasons) or 'unknown'}); "
                   f"inside the reboot window {self.window_text}")

@@ -29,6 +29,7 @@ _log = log.get("visibility")
 STATUS_KEY = "visibility"
 TEXTFILE_REFRESH = 3600.0  # rewritten at least hourly, so the file's mtime shows the agent lives
 REASONS = (*PARTS, "boot-pending")
+ANNOUNCE_WAIT = 10.0  # seconds the announcement may take to reach the dashboard
 
 
 def rfc3339(epoch: float | None) -> str | None:
@@ -44,7 +45,7 @@ class Visibility:
         self.drift = Drift(repo_path, cfg.branch or "main")
         self.connected = False
         self.auto: AutoReboot | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._written: tuple[str, float] | None = None  # text, when
         self._saved: object = None
         self._reboot_state: RebootState | None = None
@@ -62,7 +63,8 @@ class Visibility:
     def heartbeat_fields(self) -> dict[str, Any]:
         """Extra heartbeat fields; the upstream dashboard decodes heartbeats into a fixed struct
         and ignores them (docs/visibility.md cites where)."""
-        rb, dr = self.reboot_state(), self.drift_state()
+        with self._lock:  # the heartbeat thread and a finishing command may ask at once
+            rb, dr = self.reboot_state(), self.drift_state()
         now = self.clock()
         planned = self.auto.planned if self.auto is not None else None
         return {
@@ -145,7 +147,14 @@ class Visibility:
     # ----- the heartbeat thread -------------------------------------------------------------------
 
     def tick(self, connected: bool | None = None) -> None:
-        """Refresh; save a changed summary for ``status``; rewrite a changed metrics file."""
+        """Refresh; save a changed summary for ``status``; rewrite a changed metrics file.
+        Never raises: it runs on the heartbeat thread, which must outlive any bug here."""
+        try:
+            self._tick(connected)
+        except Exception as exc:  # noqa: BLE001
+            _log.error("visibility_tick_failed", error=repr(exc)[:300])
+
+    def _tick(self, connected: bool | None) -> None:
         with self._lock:
             if connected is not None:
                 self.connected = connected
@@ -194,11 +203,17 @@ class Visibility:
             def body(job: Any) -> None:
                 job.say(f"🔁 Automatic reboot: {reason}; rebooting now")
                 _log.info("auto_reboot", reason=reason)
+                job.ctx.reporter.wait_delivered(ANNOUNCE_WAIT)  # seen before the host goes down
                 control.reboot(job.ctx)
 
             return run_exclusive("reboot", body)
 
-        self.auto = AutoReboot(self.settings, self.reboot_state, busy, fire, clock=self.clock, stop=stop)
+        def why_not() -> str:
+            if busy():
+                return "a command is running"
+            return "" if self.connected else "dashboard not connected (the reboot is announced there first)"
+
+        self.auto = AutoReboot(self.settings, self.reboot_state, why_not, fire, clock=self.clock, stop=stop)
         self.auto.start()
 
     def stop(self) -> None:
