@@ -194,8 +194,14 @@ class Visibility:
     def start(self, busy: Callable[[], bool], run_exclusive: Callable[[str, Callable[[Any], None]], bool] | None,
               stop: threading.Event) -> None:
         """Start the automatic reboot's timer thread (only with ``reboot.allow``)."""
-        if not self.settings.reboot_allow or self.cfg.platform == "home-manager" or run_exclusive is None:
+        if not self.settings.reboot_allow:
             return
+        if self.cfg.platform == "home-manager" or run_exclusive is None:
+            _log.warn("auto_reboot_unavailable", platform=self.cfg.platform,
+                      hint="reboot.allow needs the NixOS or nix-darwin module (a root side); ignored")
+            return
+        _log.info("auto_reboot_enabled", window=self.settings.window_text,
+                  randomized_delay_sec=self.settings.randomized_delay_sec)
 
         def fire(reason: str) -> bool:
             from ..commands import control  # the reboot command's own path (root unit on NixOS)
