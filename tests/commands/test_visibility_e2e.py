@@ -59,3 +59,29 @@ def test_drift_and_reboot_reach_dashboard_file_and_status(session, fleet_repo: P
     assert out.returncode == 0, out.stderr
     assert f"drift: deployed {deployed[:12]}, 2 commits behind origin since 2023-11-14T22:13:20Z" in out.stdout
     assert "needs reboot: unknown" in out.stdout
+
+
+def test_idle_with_drift_and_textfile_starts_no_git_and_writes_nothing(session, tmp_path: Path) -> None:
+    """With a deployed commit, drift on and the text file on, idle heartbeats run no git and leave
+    the file alone (it is replaced only when a value changes)."""
+    import shutil
+
+    bin_dir, calls = tmp_path / "countbin", tmp_path / "git-calls"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{shutil.which("git")}" "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    path = f"{bin_dir}{os.pathsep}{session.shims.env()['PATH']}"
+    session.start(PATH=path, NIXFLEET_METRICS_TEXTFILE_DIRECTORY=str(prom))
+    status, _ = session.run("switch")
+    assert status["status"] == "ok", status
+    dash = session.dash
+    dash.wait_message("heartbeat", since=dash.mark(), timeout=10,
+                      where=lambda r: r.payload["drift"]["commits_behind"] == 0)
+    mark = dash.wait_message("heartbeat", since=dash.mark(), timeout=10).index + 1  # settled
+    before, inode = calls.read_text().splitlines(), (prom / "nixfleet_agent.prom").stat().st_ino
+    for _ in range(5):
+        mark = dash.wait_message("heartbeat", since=mark, timeout=10).index + 1
+    assert calls.read_text().splitlines()[len(before):] == []
+    assert (prom / "nixfleet_agent.prom").stat().st_ino == inode
