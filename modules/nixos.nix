@@ -46,9 +46,10 @@ let
   stateDir = if legacy then "/var/lib/nixfleet-agent" else "/var/lib/private/nixfleet-agent";
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
 
-  # The flake attribute the privileged side accepts (and the dashboard's host id).
+  # Where the Prometheus text file goes (null: none); on NixOS under /run, see the assertion.
   metricsDir = cfg.metrics.textfileDirectory;
 
+  # The flake attribute the privileged side accepts (and the dashboard's host id).
   validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}" cfg.hostname != null;
 in
 {
