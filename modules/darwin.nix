@@ -236,7 +236,8 @@ in
         // lib.optionalAttrs (cfg.sshKeyFile != null) { ssh_key_file = toString cfg.sshKeyFile; }
       )
       # guard-rails: the root daemon checks the store's free space before a switch
-      // shared.preflightSettings cfg [ ];
+      // shared.preflightSettings cfg [ ]
+      // shared.visibilitySettings cfg;
 
     users.users.${cfg.user} = {
       inherit (cfg) uid;

@@ -95,7 +95,8 @@ in
             }
           )
           # guard-rails: the agent checks the store's free space before a switch
-          // shared.preflightSettings cfg [ ];
+          // shared.preflightSettings cfg [ ]
+          // shared.visibilitySettings cfg;
       }
 
       (lib.mkIf isDarwin {

@@ -46,6 +46,9 @@ let
   stateDir = if legacy then "/var/lib/nixfleet-agent" else "/var/lib/private/nixfleet-agent";
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
 
+  # Where the Prometheus text file goes (null: none); on NixOS under /run, see the assertion.
+  metricsDir = cfg.metrics.textfileDirectory;
+
   # The flake attribute the privileged side accepts (and the dashboard's host id).
   validAttr = shared.validHostname cfg.hostname;
 
@@ -81,6 +84,10 @@ in
         message = "services.nixfleet-agent.configRepoUser only applies with configRepo; remove it (with repoUrl the agent runs as a dynamic user).";
       }
       {
+        assertion = metricsDir == null || builtins.match "/run/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*" metricsDir != null;
+        message = "services.nixfleet-agent.metrics.textfileDirectory must be a directory under /run on NixOS (the agent runs as a dynamic user; systemd creates the directory for it), got ${toString metricsDir}; set it to e.g. \"/run/nixfleet-agent-metrics\" and pass --collector.textfile.directory=/run/nixfleet-agent-metrics to the node exporter.";
+      }
+      {
         assertion = validAttr;
         message = "services.nixfleet-agent.hostname must be ${shared.hostnameRule} (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
       }
@@ -99,7 +106,8 @@ in
       // shared.preflightSettings cfg (
         lib.unique ([ "/boot" ] ++ lib.optional (efiMountPoint != null) efiMountPoint)
       )
-      // shared.retentionSettings cfg;
+      // shared.retentionSettings cfg
+      // shared.visibilitySettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";
@@ -194,6 +202,12 @@ in
         ProtectHome = "tmpfs";
         BindPaths = [ cfg.configRepo ];
         ReadWritePaths = [ cfg.configRepo ];
+      }
+      // lib.optionalAttrs (metricsDir != null) {
+        # The textfile directory: a dynamic user can write only what systemd makes for it;
+        # 0755 lets node_exporter (another user) read the 0644 file. Removed with the unit.
+        RuntimeDirectory = [ (lib.removePrefix "/run/" metricsDir) ];
+        RuntimeDirectoryMode = "0755";
       };
     };
 

@@ -242,6 +242,78 @@ in
           new configuration becomes the boot default, takes effect at the next reboot, and the
           command's final status says so. Independent of
           {option}`services.nixfleet-agent.preflight.enable`.
+    reboot = {
+      allow = mkOption {
+        type = types.bool;
+        default = false;
+        example = true;
+        description = ''
+          Whether the agent may reboot the host by itself when a reboot is needed: the booted
+          kernel, initrd or kernel modules differ from those of the running configuration (the
+          rule of {option}`system.autoUpgrade.allowReboot`), or a `boot` generation waits. It
+          reboots only inside {option}`reboot.window`, after {option}`reboot.randomizedDelaySec`,
+          never while a command runs, and announces it on the dashboard first. On NixOS the
+          reboot goes through the root unit; Home Manager hosts never need one.
+        '';
+      };
+
+      window = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              lower = mkOption {
+                type = types.strMatching "([01]?[0-9]|2[0-3]):[0-5][0-9]";
+                example = "01:00";
+                description = "Start of the reboot window, local time (`HH:MM`).";
+              };
+              upper = mkOption {
+                type = types.strMatching "([01]?[0-9]|2[0-3]):[0-5][0-9]";
+                example = "05:00";
+                description = ''
+                  End of the reboot window, local time (`HH:MM`). Earlier than {option}`lower`
+                  spans midnight; equal to it means the whole day.
+                '';
+              };
+            };
+          }
+        );
+        default = null;
+        example = literalExpression ''
+          {
+            lower = "23:30";
+            upper = "04:00";
+          }
+        '';
+        description = ''
+          Local-time window in which an automatic reboot may happen; `null` allows any time.
+        '';
+      };
+
+      randomizedDelaySec = mkOption {
+        type = types.ints.between 0 86400;
+        default = 0;
+        example = 1800;
+        description = ''
+          Upper bound, in seconds, of a random delay after the window opens (or the need
+          arises inside it), so a fleet does not reboot all at once. The delay never reaches
+          past the end of the window.
+        '';
+      };
+    };
+
+    metrics = {
+      textfileDirectory = mkOption {
+        type = types.nullOr (types.strMatching "/.+");
+        default = null;
+        example = "/run/nixfleet-agent-metrics";
+        description = ''
+          Directory in which the agent keeps {file}`nixfleet_agent.prom` (replaced atomically
+          when a value changes, mode 0644) for the Prometheus node exporter's textfile
+          collector: point {option}`services.prometheus.exporters.node` at it with
+          `--collector.textfile.directory`. `null` writes no file. On NixOS the agent runs as a
+          dynamic user and can write only a directory systemd creates for it, so there it
+          must lie under {file}`/run` (made the unit's `RuntimeDirectory`, removed with the
+          unit, so node_exporter never serves numbers of a stopped agent).
         '';
       };
     };
@@ -381,6 +453,23 @@ in
           keep_generations = cfg.retention.keepGenerations;
         }
       );
+  # The `reboot` and `metrics` options as the agent's `[reboot]` and `[metrics]` TOML tables
+  # (only what differs from the agent's defaults, so existing configurations render unchanged).
+  visibilitySettings =
+    cfg:
+    lib.optionalAttrs cfg.reboot.allow {
+      reboot = lib.mapAttrs (_: lib.mkDefault) (
+        {
+          allow = true;
+          randomized_delay_sec = cfg.reboot.randomizedDelaySec;
+        }
+        // lib.optionalAttrs (cfg.reboot.window != null) {
+          window = { inherit (cfg.reboot.window) lower upper; };
+        }
+      );
+    }
+    // lib.optionalAttrs (cfg.metrics.textfileDirectory != null) {
+      metrics.textfile_directory = lib.mkDefault cfg.metrics.textfileDirectory;
     };
 
   # Assertions both modules share; `prefix` is the option path shown in messages.

@@ -211,6 +211,9 @@ def _human(state: dict[str, Any]) -> str:
         lines.append("last command: none recorded")
     for name, entry in state["compartments"].items():
         lines.append(f"  {name:<7} {entry['status'] or 'unknown':<9} {entry['message']}")
+    from .visibility.statusview import lines as visibility_lines  # issue 16: reboot, drift
+
+    lines.extend(visibility_lines(extras))
     if extras.get("repo_error"):
         lines.append(f"repository problem: {extras['repo_error']}")
     if state.get("logs"):

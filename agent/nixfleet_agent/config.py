@@ -23,6 +23,7 @@ from .kinds import LAUNCHERS
 from .names import HOSTNAME_RE
 from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file
+from .visibility import settings as visibility_settings
 
 
 def _toml() -> Any:
@@ -140,6 +141,7 @@ class Config:
     op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
     config_file: str = ""
     guard: guard_settings.Guard = field(default_factory=guard_settings.Guard)  # [preflight], [retention]
+    visibility: visibility_settings.Settings = field(default_factory=visibility_settings.Settings)
 
     @property
     def isolated(self) -> bool:
@@ -184,7 +186,8 @@ def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file: '{path}' is not valid TOML: {exc}")
         return {}
     for key in list(data):
-        if key not in _SPECS and key not in guard_settings.TABLES:  # tables: parsed in guard/settings.py
+        # tables are parsed in guard/settings.py and visibility/settings.py
+        if key not in _SPECS and key not in guard_settings.TABLES and key not in visibility_settings.TABLES:
             hint = " (the token is never read from the config file; use token_file)" if key == "token" else ""
             problems.append(f"{key} (in {path}): unknown setting{hint}")
             del data[key]
@@ -370,6 +373,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
 
     token, token_path = _resolve_token(src, env, problems)
     guard = guard_settings.parse(file_values, config_path, problems)
+    visibility = visibility_settings.parse(file_values, env, config_path, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -414,6 +418,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         op_log_max_mb=values.get("op_log_max_mb", 50),
         config_file=config_path,
         guard=guard,
+        visibility=visibility,
     )
 
 

@@ -96,6 +96,16 @@ class Dispatcher:
         _log.info("command_started", command=name)
         self._start_worker(name, _run_command)
 
+    def run_exclusive(self, name: str, body: Callable[[Job], None]) -> bool:
+        """Run ``body`` in the one-command slot if it is free (the automatic reboot: no command
+        may start while it goes on); False when a command holds the slot."""
+        with self._lock:
+            if self._current is not None:
+                return False
+            self._begin_locked(name)
+        self._start_worker(name, body)
+        return True
+
     def on_kill(self, signal_name: str, pid: int) -> None:
         """``kill_command`` (and the ``kill`` command): SIGTERM then SIGKILL, or SIGKILL at once."""
         self._control.submit(("kill", signal_name, pid),

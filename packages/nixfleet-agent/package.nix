@@ -19,6 +19,7 @@ let
     "tests/commands/test_runner.py"
     "tests/privileged"
     "tests/guard"
+    "tests/visibility"
   ];
 in
 python3Packages.buildPythonApplication {
@@ -68,6 +69,9 @@ python3Packages.buildPythonApplication {
     python3Packages.hypothesis
     # the reference dashboard the connection tests talk to over loopback
     python3Packages.websockets
+    # tests/visibility read the metrics text file back with prometheus_client's own parser
+    # (a test-only dependency: the agent writes the format itself, see docs/visibility.md)
+    python3Packages.prometheus-client
     git
     openssl
     # ssh-keygen: the root side's signed-commit tests make and check SSH signatures

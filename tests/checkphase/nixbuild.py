@@ -29,6 +29,7 @@ PYPI = {
     "hypothesis": "hypothesis",
     "websockets": "websockets",
     "websocket-client": "websocket-client",
+    "prometheus-client": "prometheus_client",
     "setuptools": "setuptools",
     "tomli": "tomli",
 }

@@ -19,6 +19,7 @@ REGISTER_FIELDS = {
 HEARTBEAT_FIELDS = {
     "generation", "nixpkgs_version", "pending_command", "command_pid", "metrics", "update_status",
     "source_commit", "store_path", "binary_hash", "lock_hash",
+    "reboot", "drift",  # issue 16: extra fields the upstream dashboard ignores (docs/visibility.md)
 }
 
 

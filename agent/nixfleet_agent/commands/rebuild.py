@@ -31,6 +31,7 @@ from ..kinds import Action, LaunchMode
 from ..ops.runner import Result, signal_name
 from . import Job, agentpkg, privileged_switch, sudo_n
 from .pulling import post_validation, pull_steps
+from ..visibility import record as visibility_record
 
 _log = logmod.get("rebuild")
 
@@ -340,6 +341,7 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
     # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
     # at once, a restart neither loses it nor reports it a second time from the record.
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
+    visibility_record.finish(ctx.status, op.action, op.commit, result.ok)  # issue 16: drift, metrics
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()
     if not result.ok or ctx.stop_event.is_set():

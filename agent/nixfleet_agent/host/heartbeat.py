@@ -87,11 +87,13 @@ class Heartbeat:
         repo: RepoFacts,
         status: StatusStore,
         pending: Callable[[], tuple[str | None, int | None]],
+        extra: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.repo = repo
         self.status = status
         self.pending = pending
+        self.extra = extra  # issue 16: needs-reboot and drift fields (visibility.service)
         self.metrics = Metrics()
         self.os_version = os_version()
         self.nixpkgs_version = nixpkgs_version(cfg)
@@ -121,7 +123,7 @@ class Heartbeat:
             self.status.refresh_lock(self.cfg.repo_dir)
         except OSError:
             pass
-        return protocol.heartbeat(
+        payload = protocol.heartbeat(
             generation=self.repo.generation(),
             nixpkgs_version=self.nixpkgs_version,
             pending_command=command,
@@ -133,3 +135,6 @@ class Heartbeat:
             binary_hash=freshness.code_hash(),
             lock_hash=self.repo.lock_hash(),
         )
+        if self.extra is not None:
+            payload.update(self.extra())
+        return payload

@@ -144,6 +144,10 @@ class StatusStore:
                                   "message": message, "finished_at": now_rfc3339()}
             self._save_locked()
 
+    def extra(self, key: str) -> Any:
+        with self._lock:
+            return self._extras.get(key)
+
     def note(self, key: str, value: object) -> None:
         with self._lock:
             self._extras[key] = value
