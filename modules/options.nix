@@ -242,6 +242,9 @@ in
           new configuration becomes the boot default, takes effect at the next reboot, and the
           command's final status says so. Independent of
           {option}`services.nixfleet-agent.preflight.enable`.
+        '';
+      };
+    };
     reboot = {
       allow = mkOption {
         type = types.bool;
@@ -453,6 +456,8 @@ in
           keep_generations = cfg.retention.keepGenerations;
         }
       );
+    };
+
   # The `reboot` and `metrics` options as the agent's `[reboot]` and `[metrics]` TOML tables
   # (only what differs from the agent's defaults, so existing configurations render unchanged).
   visibilitySettings =
