@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -69,3 +69,12 @@ class MountNamespace:
     def close(self) -> None:
         self.holder.kill()
         self.holder.wait()
+
+
+def namespace() -> Iterator[MountNamespace]:
+    """The body of the tests' ``ns`` fixture: one namespace per test, always torn down."""
+    space = MountNamespace()
+    try:
+        yield space
+    finally:
+        space.close()

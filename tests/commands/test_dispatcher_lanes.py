@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from nixfleet_agent.commands import Context, registry
-from nixfleet_agent.dispatcher import Dispatcher
-from nixfleet_agent.host.status import StatusStore
 from support import wait_for
-from test_dispatcher_race import RecordingReporter
+from test_dispatcher_race import dispatcher_with_test
 
 
 def test_stop_is_not_queued_behind_a_waiting_reboot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tests = tmp_path / "repo" / "hosts" / "h" / "tests"
-    tests.mkdir(parents=True)
-    (tests / "T01.sh").write_text("#!/bin/sh\necho started\nexec sleep 600\n")
-    (tests / "T01.sh").chmod(0o755)
-    cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
-                          platform="nixos", stop_grace=3)
-    cfg.state_dir.mkdir(mode=0o700)
-    rep = RecordingReporter()
-    stop_event = threading.Event()
-    dispatcher = Dispatcher(Context(cfg=cfg, reporter=rep, status=StatusStore(cfg.state_dir), repo=None,  # type: ignore[arg-type]
-                                    stop_event=stop_event))
+    dispatcher, rep, stop_event = dispatcher_with_test(tmp_path, "#!/bin/sh\necho started\nexec sleep 600\n")
     reboot_waiting, release = threading.Event(), threading.Event()
 
     def slow_reboot(ctx: Context) -> None:  # stands in for a root side that never picks the request up

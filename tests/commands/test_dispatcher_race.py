@@ -47,13 +47,12 @@ class RecordingReporter:
             return [args for k, args in self.calls if k == kind]
 
 
-def test_only_one_of_many_simultaneous_commands_runs(tmp_path: Path) -> None:
+def dispatcher_with_test(tmp_path: Path, script: str) -> tuple[Dispatcher, RecordingReporter, threading.Event]:
+    """A real Dispatcher (no link) for host ``h`` whose one test ``T01.sh`` is ``script``."""
     tests = tmp_path / "repo" / "hosts" / "h" / "tests"
     tests.mkdir(parents=True)
-    gate = tmp_path / "gate"
-    script = tests / "T01.sh"
-    script.write_text(f"#!/bin/sh\necho started\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n")
-    script.chmod(0o755)
+    (tests / "T01.sh").write_text(script)
+    (tests / "T01.sh").chmod(0o755)
     cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
                           platform="nixos", stop_grace=3)
     cfg.state_dir.mkdir(mode=0o700)
@@ -61,6 +60,13 @@ def test_only_one_of_many_simultaneous_commands_runs(tmp_path: Path) -> None:
     stop = threading.Event()
     dispatcher = Dispatcher(Context(cfg=cfg, reporter=rep, status=StatusStore(cfg.state_dir), repo=None,  # type: ignore[arg-type]
                                     stop_event=stop))
+    return dispatcher, rep, stop
+
+
+def test_only_one_of_many_simultaneous_commands_runs(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    dispatcher, rep, stop = dispatcher_with_test(
+        tmp_path, f"#!/bin/sh\necho started\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n")
     barrier = threading.Barrier(16)
 
     def deliver() -> None:

@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from nixfleet_agent.commands import Context
-from nixfleet_agent.dispatcher import Dispatcher
-from nixfleet_agent.host.status import StatusStore
+
 from support import wait_for
-from test_dispatcher_race import RecordingReporter
+from test_dispatcher_race import dispatcher_with_test
 
 
 def test_a_failed_thread_start_releases_the_busy_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tests = tmp_path / "repo" / "hosts" / "h" / "tests"
-    tests.mkdir(parents=True)
-    (tests / "T01.sh").write_text("#!/bin/sh\necho fine\n")
-    (tests / "T01.sh").chmod(0o755)
-    cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
-                          platform="nixos", stop_grace=3)
-    cfg.state_dir.mkdir(mode=0o700)
-    rep = RecordingReporter()
-    dispatcher = Dispatcher(Context(cfg=cfg, reporter=rep, status=StatusStore(cfg.state_dir), repo=None,  # type: ignore[arg-type]
-                                    stop_event=threading.Event()))
+    dispatcher, rep, _stop = dispatcher_with_test(tmp_path, "#!/bin/sh\necho fine\n")
     real_start = threading.Thread.start
     refused: list[str] = []
 

@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cmd_support import kinds
-from mountns import MountNamespace
+from mountns import MountNamespace, namespace
 from test_privileged_channel import RootUnit
 
 MIB = 1 << 20
 HOST = "test-host"
 
 
-@pytest.fixture
-def ns() -> Iterator[MountNamespace]:
-    space = MountNamespace()
-    try:
-        yield space
-    finally:
-        space.close()
+ns = pytest.fixture(name="ns")(namespace)
 
 
 def config(tmp_path: Path, **preflight: object) -> str:

@@ -12,12 +12,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mountns import MountNamespace
+from mountns import MountNamespace, namespace
 
 from nixfleet_agent.guard import preflight, settings
 
@@ -25,13 +24,7 @@ MIB = 1 << 20
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
 
-@pytest.fixture
-def ns() -> Iterator[MountNamespace]:
-    space = MountNamespace()
-    try:
-        yield space
-    finally:
-        space.close()
+ns = pytest.fixture(name="ns")(namespace)
 
 
 def system(tmp: Path, kernel: int, initrd: int) -> Path:

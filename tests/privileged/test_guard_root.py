@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mountns import MountNamespace
+from mountns import MountNamespace, namespace
 from root_support import ID, Host
 
 MIB = 1 << 20
@@ -82,13 +81,7 @@ def system(path: Path, inhibitors: object | None, kernel: int = 0, initrd: int =
 # ------------------------------------------------------------------------------ pre-flight
 
 
-@pytest.fixture
-def ns() -> Iterator[MountNamespace]:
-    space = MountNamespace()
-    try:
-        yield space
-    finally:
-        space.close()
+ns = pytest.fixture(name="ns")(namespace)
 
 
 def run_in(ns: MountNamespace, host: Host) -> int:
