@@ -8,8 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
-
 from support import wait_for
 from test_dispatcher_race import dispatcher_with_test
 
