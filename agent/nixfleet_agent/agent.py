@@ -28,6 +28,7 @@ from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
 from .host.status import StatusStore, now_rfc3339
+from .visibility.service import Visibility
 
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
@@ -59,7 +60,8 @@ class Agent:
         self.facts: RepoFacts = self.repo if self.repo is not None else LocalRepoFacts(cfg.repo_dir)
         self.reporter = Reporter(self.outbox, self.status, generation=self.facts.generation, stop=self.stop_event)
         self.dispatcher = self._make_dispatcher()
-        self.heartbeat = Heartbeat(cfg, self.facts, self.status, self._pending)
+        self.visibility = Visibility(cfg, self.status, getattr(self.repo, "path", cfg.repo_dir))
+        self.heartbeat = Heartbeat(cfg, self.facts, self.status, self._pending, self.visibility.heartbeat_fields)
         self.connection = Connection(
             cfg,
             self.outbox,
@@ -141,6 +143,7 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self._hb_wake.set()
+        self.visibility.stop()
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"\0")
@@ -163,6 +166,7 @@ class Agent:
                 if next_due < time.monotonic():
                     next_due = time.monotonic() + interval
             _touch(alive)
+            self.visibility.tick(self.connection.registered)
             self._send_heartbeat()
 
     def _send_heartbeat(self) -> None:
@@ -264,6 +268,8 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - a bad record must not stop the agent
                 _log.error("resume_failed", error=str(exc)[:300])
         self.connection.start()
+        self.visibility.start(lambda: self._pending()[0] is not None,
+                              getattr(self.dispatcher, "run_exclusive", None), self.stop_event)
         ticker = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         ticker.start()
         self._threads.append(ticker)

@@ -104,3 +104,8 @@ class Reporter:
         if not self._flush_before_close():
             _log.warn("exit_with_undelivered", queued=len(self._outbox))
         self._exit(code)
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """Until everything queued has evidence of delivery (at most ``timeout`` s): the automatic
+        reboot's announcement must have been seen before the host goes down."""
+        return self._outbox.drain(timeout, self._stop)
