@@ -184,13 +184,18 @@ def update(
             return UpdateResult("failed", str(exc), 1)
 
 
-def _root_inputs(repo: Repo) -> list[str] | None:
-    """The inputs ``flake.lock`` gives the fleet flake, or None without a readable lock."""
+def root_inputs(lock_text: str | bytes) -> list[str] | None:
+    """The inputs a ``flake.lock`` gives its flake (the root node's), or None when it is unreadable;
+    the agent and the root side's lock refresh both decide "has the agent input" with this."""
     try:
-        lock = json.loads(_read_lock(repo) or "{}")
+        lock = json.loads(lock_text or "{}")
         return list(lock["nodes"][lock.get("root", "root")].get("inputs", {}))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # no readable lock yet: nix itself will say what is wrong
+
+
+def _root_inputs(repo: Repo) -> list[str] | None:
+    return root_inputs(_read_lock(repo) or "{}")
 
 
 def missing_inputs(repo: Repo, inputs: Sequence[str]) -> list[str]:

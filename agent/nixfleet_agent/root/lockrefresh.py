@@ -17,7 +17,6 @@ and root, after fetching and verifying that commit:
 
 from __future__ import annotations
 
-import json
 import shutil
 import stat
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from .. import nix
 from ..config import AGENT_INPUT_HINT
+from ..repo.lockupdate import root_inputs
 from .source import LOCK_REF, Refusal, RootClone, Stream, capture
 
 
@@ -49,7 +49,7 @@ def refresh(clone: RootClone, commit: str, agent_input: str, work: Path, stream:
             if not stat.S_ISREG(mode):
                 raise Refusal("update_lock", f"{name} in commit {commit} is not a regular file")
         before = lock.read_bytes()
-        if agent_input not in _root_inputs(before):
+        if agent_input not in (root_inputs(before) or []):
             raise Refusal("update_lock", f"flake.lock of {commit} has no input named {agent_input}: {AGENT_INPUT_HINT}")
         argv = nix.flake_update((agent_input,), nix=nix_program, refresh=True)
         code = stream(argv, env, tree)  # nix flake lock acts on the flake in its working directory
@@ -78,11 +78,3 @@ def refresh(clone: RootClone, commit: str, agent_input: str, work: Path, stream:
         return new, LOCK_REF
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _root_inputs(lock: bytes) -> set[str]:
-    try:
-        doc = json.loads(lock)
-        return set(doc["nodes"][doc.get("root", "root")].get("inputs", {}))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return set()
