@@ -56,3 +56,15 @@ def rollback(program: Sequence[str]) -> list[str]:
 def reboot(*, darwin: bool, systemctl: str = "systemctl", shutdown: str = "/sbin/shutdown") -> list[str]:
     """Reboot the host now: ``systemctl reboot`` on NixOS, ``shutdown -r now`` on macOS (run as root)."""
     return [shutdown, "-r", "now"] if darwin else [systemctl, "reboot"]
+
+
+def set_profile(profile: Path | str, generation: str, *, nix_env: str = "nix-env") -> list[str]:
+    """Point ``profile`` at ``generation`` (a store path) as a new profile generation: how
+    ``nixos-rebuild`` itself sets the system profile, so the boot loader's default follows."""
+    return [nix_env, "-p", str(profile), "--set", generation]
+
+
+def activate(generation: str, *, darwin: bool = False) -> list[str]:
+    """Activate an already built system generation: ``switch-to-configuration switch`` (NixOS),
+    ``activate`` (nix-darwin). The health gate's rollback runs :func:`set_profile` first."""
+    return [f"{generation}/activate"] if darwin else [f"{generation}/bin/switch-to-configuration", "switch"]

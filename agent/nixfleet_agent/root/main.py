@@ -35,6 +35,7 @@ from ..repo import gitenv
 from .. import log, nix
 from ..config import DEFAULT_AGENT_INPUT
 from . import lockrefresh, results, source, verify
+from ..health import badlist, gate, settings as health_settings
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
 _log = log.get("privileged")
@@ -54,6 +55,11 @@ class Settings:
     agent_input: str = DEFAULT_AGENT_INPUT
     keep: int = results.KEEP
     policy: verify.Policy = verify.Policy()
+    health: health_settings.HealthSettings = health_settings.DISABLED  # [health] of --config
+    confirm: Path | None = None  # the agent's confirmation file (next to the request)
+    nix_env: str = "nix-env"
+    system_profile: Path = gate.SYSTEM_PROFILE
+    health_interval: float = 2.0
 
 
 class Handler:
@@ -66,6 +72,11 @@ class Handler:
         self.env = dict(env)  # for nixos-rebuild and nix: the same git hygiene as root's own git
         self.results = results.Results(settings.out_dir, settings.keep)
         self.deployed = verify.Deployed(settings.state_dir / "deployed.json")
+        self.gate = gate.Gate(settings.health, badlist.BadList(settings.state_dir / "bad-commits.json"),
+                              settings.confirm or Path("/nonexistent/confirm.json"), profile=settings.system_profile,
+                              nix_env=settings.nix_env, systemctl=settings.systemctl, darwin=settings.darwin,
+                              interval=settings.health_interval)
+        self._op_dir = settings.out_dir
 
     def reject(self, err: RequestError, owner: int) -> int:
         _log.warn("rejected", id=err.request_id, field=err.field, error=str(err))
@@ -94,6 +105,7 @@ class Handler:
                 "error": f"id: {req.id} was already used"}, req.owner)
             _log.warn("rejected", id=req.id, field="id", error="already used")
             return REJECTED_EXIT
+        self._op_dir = op_dir
         with self.results.open_log(op_dir, req.owner) as out:
             try:
                 exit_code, error = self._execute(req, out)
@@ -107,6 +119,7 @@ class Handler:
                                   "finished_at": results.now()}
         if error:
             doc["error"] = error
+        doc.update(self.gate.fields)  # health, rolled_back, failed_checks, bad_commits (health/gate.py)
         self.results.write_json(op_dir, "result.json", doc, req.owner)
         self.results.prune(req.id)
         _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
@@ -121,6 +134,7 @@ class Handler:
         if req.action not in BUILD_ACTIONS:
             return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.gate.refuse_bad(req.commit, req.force, out)
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
             signer = verify.check_signature(self.src.path, self.src.env, req.commit, self.s.policy,
@@ -138,7 +152,10 @@ class Handler:
             what = "lock refreshed by root" if build != req.commit else "lock unchanged"
             out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
         flake = self.src.flake_ref(build, req.flake_attr, ref)
-        code, error = self._run(nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh), out)
+        code, error = self.gate.switch(
+            req.commit, req.id, req.owner, nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh),
+            lambda argv: self._run(argv, out), out,
+            lambda doc: self.results.write_json(self._op_dir, "health.json", doc, req.owner))
         if code == 0:
             self.deployed.record(req.commit, build, req.action, results.now())
         return code, error
@@ -217,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--systemctl", default="systemctl", help="systemctl executable (reboot on NixOS)")
     add("--shutdown", default="/sbin/shutdown", help="shutdown executable (reboot on nix-darwin)")
     add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
+    add("--nix-env", default="nix-env", help="nix-env executable (health rollback: resets the system profile)")
+    add("--system-profile", type=Path, default=gate.SYSTEM_PROFILE, help="the system profile (health rollback)")
+    add("--health-interval", type=float, default=2.0, help=argparse.SUPPRESS)  # tests: seconds between rounds
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
     add("--log-level", default="info", choices=sorted(log.LEVELS))
@@ -248,6 +268,9 @@ def _apply_config(args: argparse.Namespace) -> str | None:
                 doc = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             return f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}"
+        args.health = health_settings.parse(doc.get("health"))
+        if args.health.problems:
+            return "; ".join(args.health.problems)
         if args.repo_url is None and args.legacy_repo is None:
             if doc.get("repo_url"):
                 args.repo_url = str(doc["repo_url"])
@@ -289,7 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
                         darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
-                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
+                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen),
+                        health=getattr(args, "health", health_settings.DISABLED), confirm=args.request.parent / "confirm.json",
+                        nix_env=args.nix_env, system_profile=args.system_profile, health_interval=args.health_interval)
     try:
         src = _source(args, state_dir)
     except gitenv.KeyFileError as exc:
