@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .health.settings import DISABLED as HEALTH_DISABLED, HealthSettings, parse as parse_health
 from .host.facts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
 from .localfile import LocalFileError, read_text
@@ -138,6 +139,7 @@ class Config:
     restart_exit_code: int = 101
     op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
     config_file: str = ""
+    health: HealthSettings = HEALTH_DISABLED
 
     @property
     def isolated(self) -> bool:
@@ -182,7 +184,7 @@ def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file: '{path}' is not valid TOML: {exc}")
         return {}
     for key in list(data):
-        if key not in _SPECS:
+        if key not in _SPECS and key != "health":  # [health]: health/settings.py
             hint = " (the token is never read from the config file; use token_file)" if key == "token" else ""
             problems.append(f"{key} (in {path}): unknown setting{hint}")
             del data[key]
@@ -287,6 +289,8 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     cli = dict(argv_overrides)
     config_path = cli.pop("config", None) or env.get("NIXFLEET_CONFIG", "")
     file_values = _read_toml(config_path, problems) if config_path else {}
+    health = parse_health(file_values.pop("health", None))
+    problems += [f"{p} (in {config_path})" for p in health.problems]
     src = _Sources(cli, env, file_values, config_path)
 
     values: dict[str, Any] = {}
@@ -410,6 +414,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),
         op_log_max_mb=values.get("op_log_max_mb", 50),
         config_file=config_path,
+        health=health,
     )
 
 

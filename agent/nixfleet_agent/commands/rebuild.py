@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+from ..health import agentside, confirm
 from ..repo import lockupdate
 from .. import nix
 from ..ops import operations
@@ -188,6 +189,11 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
         job.err(f"❌ Cannot switch: repository not ready ({why})")
         job.status("error", 1, f"repository not ready: {why}")
         return
+    refusal = agentside.refused(job, repo.head())  # Home Manager's bad list (NixOS: root's)
+    if refusal:
+        job.err(f"❌ {refusal}")
+        job.status("error", 2, refusal)
+        return
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
     # the privileged root unit builds its own argv: it adds the same --option when asked to refresh
@@ -259,11 +265,14 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     else:  # the wrapper writes our log file itself
         def emit(line: str) -> None:
             ctx.reporter.output(job.name, line, "stdout")
+    confirmer = confirm.start(job, op)  # require_reconnect: root waits for our new registration
     try:
         result = operations.follow(Path(ctx.cfg.state_dir), op, emit, ctx.stop_event,
                                    killed_by=job.tracker.sent_signal, request_path=request)
     finally:
         job.tracker.track(None)
+        if confirmer is not None:
+            confirmer.stop()
     if op.pid and op.launcher == "detached":
         try:  # reap our own wrapper (it exits right after writing the result)
             os.waitpid(op.pid, 0)
@@ -293,6 +302,7 @@ def resume_operation(job: Job, op: operations.Operation) -> None:
 
 def finish_operation(job: Job, op: operations.Operation, result: Result) -> None:
     ctx = job.ctx
+    result = agentside.gate(job, op, result)  # Home Manager: checks, and rollback on failure
     label = LABELS.get(op.command, op.command)
     stopped = job.tracker.sent_signal() is not None
     restart, why = (agentpkg.restart_needed(ctx.cfg.platform, op.agent_before) if result.ok else (False, ""))
@@ -324,6 +334,7 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
     # The status is journaled on disk before it is queued (link/journal.py) and stays there until the
     # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
     # at once, a restart neither loses it nor reports it a second time from the record.
+    agentside.reflect(job, op, result)  # compartments say what failed; root's bad list mirrored
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()

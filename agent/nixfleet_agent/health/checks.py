@@ -13,11 +13,9 @@ built here and nowhere else.
 
 from __future__ import annotations
 
-import http.client
 import os
 import pwd
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -154,6 +152,9 @@ class Runner:
 
     def _http(self, spec: HttpCheck) -> Check:
         def check(timeout: float) -> Outcome:
+            import http.client  # here: an agent built without ssl still starts (tests/core)
+            import ssl
+
             name = f"http {spec.url}"
             parts = urlsplit(spec.url)
             host, path = parts.hostname or "", (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
