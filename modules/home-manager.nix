@@ -93,7 +93,8 @@ in
               # nixos-rebuild as the user.
               platform = "home-manager";
             }
-          );
+          )
+          // shared.healthSettings cfg;
       }
 
       (lib.mkIf isDarwin {

@@ -89,7 +89,9 @@ in
       # switches go through the root unit below, never through the agent's own children
       switch_launcher = "privileged";
       privileged_dir = "${privilegedDir}/results";
-    };
+    }
+    # root reads [health] from this same file: the checks are the module's, never the agent's
+    // shared.healthSettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";
@@ -242,6 +244,7 @@ in
             "--keep ${toString cfg.privileged.keepResults}"
             "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
             "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+            "--nix-env ${lib.getExe' config.nix.package "nix-env"}"
           ]
           # "${...}" copies a path literal into the store: public keys, readable by anyone
           ++ lib.optional (

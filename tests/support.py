@@ -222,20 +222,28 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 30.0) 
 
 
 def toml_dumps(settings: dict[str, object]) -> str:
-    """TOML for the agent's flat settings (str, int, bool, list of str), keys sorted like
+    """TOML for the agent's settings (str, int, bool, list of str; one level of tables such as
+    ``[health]``, whose lists of tables become ``[[health.http]]``), keys sorted like
     pkgs.formats.toml renders them, so generated and golden config files compare byte for byte."""
-    lines = []
-    for key in sorted(settings):
-        value = settings[key]
+    def scalar(key: str, value: object) -> str:
         if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int):
-            rendered = str(value)
-        elif isinstance(value, str):
-            rendered = json.dumps(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
-        else:
-            raise TypeError(f"config key {key}: cannot render {value!r} as flat TOML")
-        lines.append(f"{key} = {rendered}")
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        raise TypeError(f"config key {key}: cannot render {value!r} as TOML")
+
+    lines = [f"{key} = {scalar(key, settings[key])}" for key in sorted(settings)
+             if not isinstance(settings[key], dict)]
+    for name in sorted(k for k in settings if isinstance(settings[k], dict)):
+        table = settings[name]
+        assert isinstance(table, dict)
+        arrays = {k: v for k, v in table.items() if isinstance(v, list) and v and all(isinstance(e, dict) for e in v)}
+        lines += ["", f"[{name}]"] + [f"{k} = {scalar(k, v)}" for k, v in sorted(table.items()) if k not in arrays]
+        for key in sorted(arrays):
+            for entry in arrays[key]:
+                lines += ["", f"[[{name}.{key}]]"] + [f"{k} = {scalar(k, v)}" for k, v in sorted(entry.items())]
     return "\n".join(lines) + "\n"

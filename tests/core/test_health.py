@@ -320,3 +320,15 @@ def test_home_manager_previous_generation_is_picked_by_number_past_10(tmp_path: 
     (profiles / "home-manager").unlink()
     (profiles / "home-manager").symlink_to("home-manager-10-link")
     assert rebuild.previous_generation(profiles) == 9
+
+
+def test_units_failed_before_the_switch_are_not_counted(systemctl: tuple[Path, Path, Path, Path]) -> None:
+    """A unit that had failed long before must not roll back this switch (and every later one)."""
+    prog, _, failed, _ = systemctl
+    failed.write_text("old.service loaded failed failed old\n")
+    runner = Runner(parse(no_failed_units=True), systemctl=str(prog))
+    assert runner.failed_units()[0] == ["old.service"]
+    runner.baseline_failed = frozenset(runner.failed_units()[0] or ())
+    assert one(runner)[0].ok
+    failed.write_text("old.service loaded failed failed old\n● new.service loaded failed failed new\n")
+    assert one(runner)[0].detail == "failed: new.service"

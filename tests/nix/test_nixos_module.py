@@ -190,6 +190,9 @@ def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) ->
         "agent_input": "nixfleet-agent",
         "switch_launcher": "privileged",
         "privileged_dir": "/var/lib/nixfleet-agent-privileged/results",
+        "health": {"enable": True, "grace_period": 120, "units": [], "no_failed_units": True,
+                   "ignore_failed_units": [], "http": [], "tcp": [], "commands": [], "require_reconnect": True,
+                   "on_failure": "rollback", "allow_remote": False},
     }
 
 

@@ -189,7 +189,7 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
         job.err(f"❌ Cannot switch: repository not ready ({why})")
         job.status("error", 1, f"repository not ready: {why}")
         return
-    refusal = agentside.refused(job, repo.head())  # Home Manager's bad list (NixOS: root's)
+    refusal = agentside.before_switch(job, repo.head())  # Home Manager's bad list (NixOS: root's)
     if refusal:
         job.err(f"❌ {refusal}")
         job.status("error", 2, refusal)

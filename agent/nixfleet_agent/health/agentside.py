@@ -11,7 +11,7 @@
   rolled back. The final status message is root's error text, which says both.
 
 Hooks: :func:`gate` and :func:`reflect` in ``commands/rebuild.finish_operation``,
-:func:`refused` in ``commands/rebuild._switch``, :func:`heartbeat_fields` in the heartbeat,
+:func:`before_switch` in ``commands/rebuild._switch``, :func:`heartbeat_fields` in the heartbeat,
 :func:`status_lines` in ``nixfleet-agent status``.
 """
 
@@ -30,7 +30,7 @@ from . import badlist, confirm
 if TYPE_CHECKING:  # pragma: no cover
     from ..commands import Job
     from ..ops.journal import Operation
-    from .checks import Check, Outcome
+    from .checks import Check
 
 FORCE_COMMANDS = ("force-rebuild", "force-update")  # the dashboard's way to say "force"
 
@@ -39,10 +39,29 @@ def _hm(job: Job) -> bool:
     return job.ctx.cfg.platform == "home-manager"
 
 
-def refused(job: Job, commit: str) -> str | None:
-    """Home Manager: the agent's own bad list (NixOS: root refuses, the agent only asks)."""
-    if not _hm(job) or not job.ctx.cfg.health.enable or not commit:
+_BASELINE: dict[str, frozenset[str]] = {}  # op id -> user units failed before the switch
+
+
+def _units_available() -> bool:
+    return sys.platform != "darwin" and shutil.which("systemctl") is not None
+
+
+def _before_switch_failed(op: Operation) -> frozenset[str]:
+    return _BASELINE.pop(op.id, frozenset())
+
+
+def before_switch(job: Job, commit: str) -> str | None:
+    """Home Manager, before ``home-manager switch``: the refusal text when ``commit`` is on the
+    agent's own bad list (NixOS: root refuses, the agent only asks); remembers which user units
+    had already failed, so the checks count only what the switch broke."""
+    health = job.ctx.cfg.health
+    if not _hm(job) or not health.enable or not commit:
         return None
+    if health.no_failed_units and _units_available():
+        from .checks import Runner
+
+        before, _ = Runner(health, user_manager=True).failed_units()
+        _BASELINE[job.op_id] = frozenset(before or ())
     entry = badlist.agent_list(job.ctx.cfg.state_dir).find(commit)
     if entry is None:
         return None
@@ -70,8 +89,10 @@ def gate(job: Job, op: Operation, result: Result) -> Result:
             ok = confirm.last_registered() >= started
             return Outcome("reconnect", ok, "registered with the dashboard again" if ok else "not registered yet")
         extra.append(registered)
-    runner = Runner(health, user_manager=True, as_root=False,
-                    units_available=sys.platform != "darwin" and shutil.which("systemctl") is not None)
+    units = _units_available()
+    runner = Runner(health, user_manager=True, as_root=False, units_available=units)
+    if units and health.no_failed_units:
+        runner.baseline_failed = frozenset(_before_switch_failed(op))
     report = runner.run(time.monotonic() + health.grace_period, job.say, job.ctx.stop_event, extra=extra)
     bad = badlist.agent_list(job.ctx.cfg.state_dir)
     if report.healthy:

@@ -69,8 +69,12 @@ class Runner:
     """The checks of one ``HealthSettings`` for one host (``user``: a Home Manager user manager)."""
 
     def __init__(self, settings: HealthSettings, *, systemctl: str = "systemctl", user_manager: bool = False,
-                 units_available: bool = True, as_root: bool | None = None) -> None:
+                 units_available: bool = True, as_root: bool | None = None,
+                 baseline_failed: frozenset[str] = frozenset()) -> None:
         self.s = settings
+        # units already failed before the switch: not this switch's doing (and, left in, every
+        # later switch would be rolled back for them); said once in the first line
+        self.baseline_failed = baseline_failed
         self.systemctl = systemctl
         self.user_manager = user_manager
         self.units_available = units_available  # macOS: no systemd, unit checks are left out (and said so)
@@ -100,6 +104,8 @@ class Runner:
         if not self.units_available and (self.s.units or self.s.no_failed_units):
             emit("health: unit checks skipped: no systemd on this host")
         emit(f"health: {len(checks)} check(s), grace period {max(0.0, deadline - started):.0f}s")
+        if self.baseline_failed and self.units_available and self.s.no_failed_units:
+            emit("health: already failed before the switch, not counted: " + ", ".join(sorted(self.baseline_failed)))
         results: list[Outcome] = []
         while True:
             rounds += 1
@@ -142,12 +148,19 @@ class Runner:
             return Outcome(f"unit {unit}", code == 0 and state == "active", state)
         return check
 
-    def _no_failed(self, timeout: float) -> Outcome:
+    def failed_units(self, timeout: float = PROBE_TIMEOUT) -> tuple[list[str] | None, str]:
+        """(failed unit names, or None when systemctl failed; its message)."""
         code, text = self._capture(failed_units_argv(self.systemctl, self.user_manager), timeout)
         if code != 0:
-            return Outcome("no failed units", False, f"systemctl list-units failed: {text or f'exit {code}'}")
-        units = [line.split()[0].lstrip("●*").strip() for line in text.splitlines() if line.split()]
-        units = [u for u in (u or "" for u in units) if u and u not in self.s.ignore_failed_units]
+            return None, text or f"exit {code}"
+        names = [line.replace("●", " ").replace("*", " ", 1).split() for line in text.splitlines()]
+        return [n[0] for n in names if n], ""
+
+    def _no_failed(self, timeout: float) -> Outcome:
+        units, error = self.failed_units(timeout)
+        if units is None:
+            return Outcome("no failed units", False, f"systemctl list-units failed: {error}")
+        units = [u for u in units if u not in self.s.ignore_failed_units and u not in self.baseline_failed]
         return Outcome("no failed units", not units, "none failed" if not units else "failed: " + ", ".join(units))
 
     def _http(self, spec: HttpCheck) -> Check:

@@ -79,6 +79,10 @@ class Gate:
             out.write(f"nixfleet-agent-privileged: {line}\n".encode())
 
         prev_link, prev = _profile(self.profile)
+        baseline: frozenset[str] = frozenset()
+        if self.settings.enable and self.settings.no_failed_units and not self.darwin:
+            before, _ = Runner(self.settings, systemctl=self.systemctl).failed_units()
+            baseline = frozenset(before or ())
         self._take_confirmation(request_id, owner)  # a stale one must not confirm this switch
         code, error = run(argv)
         if not self.settings.enable:
@@ -99,7 +103,8 @@ class Gate:
             deadline = time.monotonic() + grace
             marker({"id": request_id, "state": "checking", "awaiting_confirmation": self.settings.require_reconnect,
                     "since": time.time(), "grace_period": grace})
-            runner = Runner(self.settings, systemctl=self.systemctl, units_available=not self.darwin, as_root=True)
+            runner = Runner(self.settings, systemctl=self.systemctl, units_available=not self.darwin, as_root=True,
+                            baseline_failed=baseline)
             report = runner.run(deadline, say, interval=self.interval)
             failed += [f"{o.name}: {o.detail}" for o in report.failed]
             if report.healthy:
