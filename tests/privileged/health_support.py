@@ -22,6 +22,7 @@ exit "${{HEALTH_ACTIVATE_EXIT:-0}}"
 REBUILD = r"""#!/bin/sh
 printf '%s\n' "$*" >> "$SHIM_CALLS"
 echo "stand-in nixos-rebuild: $*"
+sleep "${HEALTH_BUILD_SLEEP:-0}"
 [ "${HEALTH_BUILD_EXIT:-0}" = 0 ] || { echo "build failed"; exit "$HEALTH_BUILD_EXIT"; }
 n=$(ls "$HEALTH_STORE" | wc -l); n=$((n + 1))
 gen="$HEALTH_STORE/gen$n-$HEALTH_NEXT"
