@@ -138,3 +138,54 @@ def test_an_agent_killed_during_the_grace_period_changes_nothing(gated) -> None:
     assert root.runs == [1] and root.gens.running() == "good gen1"
     results = [json.loads(p.read_text()) for p in root.out_dir.glob("*/result.json")]
     assert [(r["rolled_back"], r["failed_checks"][0].split(":")[0]) for r in results] == [(True, "reconnect")]
+
+
+# ----- Home Manager: the agent decides -------------------------------------------------------------------
+
+def _hm_generations(tmp_path: Path, shims, count: int) -> None:
+    profiles = tmp_path / ".local/state/nix/profiles"
+    profiles.mkdir(parents=True)
+    for n in range(1, count + 1):
+        gen = tmp_path / "store" / f"hm-{n}"
+        gen.mkdir(parents=True)
+        act = gen / "activate"
+        act.write_text(f'#!/bin/sh\necho "{n}" >> "{shims.dir}/activated"\necho "Activating generation {n}"\n')
+        act.chmod(0o755)
+        (profiles / f"home-manager-{n}-link").symlink_to(gen)
+    (profiles / "home-manager").symlink_to(f"home-manager-{count}-link")  # the switch made generation 11
+
+
+def _hm_config(tmp_path: Path, check: str, reconnect: bool) -> str:
+    config = tmp_path / "hm-agent.toml"
+    config.write_text(f"[health]\ngrace_period = 5\nno_failed_units = false\nrequire_reconnect = {str(reconnect).lower()}\n"
+                      f'[[health.commands]]\nargv = ["/bin/sh", "-c", "{check}"]\n')
+    return str(config)
+
+
+def test_home_manager_rolls_back_to_the_previous_generation_by_number(session, tmp_path: Path) -> None:
+    _hm_generations(tmp_path, session.shims, 11)
+    session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=_hm_config(tmp_path, "exit 3", False))
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    status, records = session.run("switch", timeout=30)
+    assert status["status"] == "error", status
+    assert str(status["message"]).startswith("health: command /bin/sh -c exit 3: exit 3; rolled back to Home "
+                                             "Manager generation 10;"), status
+    assert (session.shims.dir / "activated").read_text().split() == ["10"]  # by name, 9 would be "previous"
+    assert "Activating generation 10" in session.lines(records)
+    head = git(state / "repo", "rev-parse", "HEAD")
+    status, _ = session.run("switch", timeout=30)  # refused by the agent itself: nothing activated
+    assert status["exit_code"] == 2 and str(status["message"]).startswith(f"commit {head} failed its health checks")
+    assert len(session.shims.calls("home-manager")) == 1
+    status, _ = session.run("force-rebuild", timeout=30)  # force: switched and checked again
+    assert len(session.shims.calls("home-manager")) == 2 and "rolled back" in str(status["message"])
+
+
+def test_home_manager_healthy_switch_reregisters_and_passes(session, tmp_path: Path) -> None:
+    _hm_generations(tmp_path, session.shims, 2)
+    session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=_hm_config(tmp_path, "exit 0", True))
+    mark = session.dash.mark()
+    status, records = session.run("switch", timeout=30)
+    assert status["status"] == "ok", (status, session.lines(records))
+    assert any(line.startswith("health: all checks passed") for line in session.lines(records))
+    assert session.dash.messages("register", since=mark)[0].index < session.status_of("switch", mark).index
+    assert not (session.shims.dir / "activated").exists()
