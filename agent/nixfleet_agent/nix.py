@@ -64,6 +64,12 @@ def set_profile(profile: Path | str, generation: str, *, nix_env: str = "nix-env
     return [nix_env, "-p", str(profile), "--set", generation]
 
 
+def restart_agent(systemctl: str, unit: str = "nixfleet-agent.service") -> list[str]:
+    """After a health rollback: the agent unit is ``restartIfChanged = false``, so an agent that
+    restarted into the bad generation (to confirm it) would keep running its configuration."""
+    return [systemctl, "try-restart", "--no-block", unit]
+
+
 def activate(generation: str, *, darwin: bool = False) -> list[str]:
     """Activate an already built system generation: ``switch-to-configuration switch`` (NixOS),
     ``activate`` (nix-darwin). The health gate's rollback runs :func:`set_profile` first."""

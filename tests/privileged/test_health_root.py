@@ -58,6 +58,8 @@ def test_failing_check_rolls_back_and_the_commit_is_refused_until_newer_or_force
     assert any(c.startswith("command /bin/sh -c grep") for c in result["failed_checks"])
     assert "rolled back to the previous generation" in result["error"]
     assert gens.current() == before and gens.running() == "good gen1"  # the old generation active again
+    # the agent unit is not restarted by activation: root restarts it, so it runs the old config
+    assert host.shim_calls()[-1] == "try-restart --no-block nixfleet-agent.service"
     assert [e["commit"] for e in result["bad_commits"]] == [host.commit]
     log = host.log("sw-1")
     assert "health: FAIL command" in log and "health: rolled back" in log

@@ -150,6 +150,8 @@ class Gate:
                              f"; commit {short} is refused on this host from now on")
         self.fields["rolled_back"] = True
         self.fields["rolled_back_to"] = prev
+        if not self.darwin:
+            run(nix.restart_agent(self.systemctl))
         _, now = _profile(self.profile)
         say(f"health: rolled back; the host runs {now} again; commit {short} is refused from now on")
         return code or 1, (f"health: {what}; rolled back to the previous generation {prev}; commit {short} "

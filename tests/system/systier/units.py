@@ -25,6 +25,7 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden" / "nixos"
 SHIM_SOURCE = Path(__file__).resolve().parents[1] / "files" / "nixos-rebuild"
 
 SHIM_PATH = "/usr/local/sbin/nixos-rebuild"
+NIX_ENV_SHIM_PATH = "/usr/local/sbin/nix-env"
 CONFIG_PATH = "/etc/nixfleet-agent/config.toml"
 AGENT_EXES = ("nixfleet-agent", "nixfleet-agent-privileged")
 UNIT_SUFFIXES = (".service", ".path", ".socket", ".timer")
@@ -60,6 +61,8 @@ def adapt(text: str, unit: str, exists: Callable[[str], bool]) -> str:
             return f"{VENV_DIR}/bin/{exe}"
         if exe == "nixos-rebuild":
             return SHIM_PATH
+        if exe == "nix-env":  # the health gate's rollback sets the system profile with it
+            return NIX_ENV_SHIM_PATH
         if name.endswith(".toml") and not rest:
             return CONFIG_PATH
         if exe:
