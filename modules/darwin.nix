@@ -51,7 +51,7 @@ let
   # the stable path the root daemon's plist names (see the header)
   privilegedEntry = "/etc/nixfleet-agent/privileged";
 
-  validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9._-]{1,63}" cfg.hostname != null;
+  validAttr = shared.validHostname cfg.hostname;
 
   # launchd starts daemons with PATH=/usr/bin:/bin:/usr/sbin:/sbin. Apple's ssh stays in front
   # for the agent (it understands UseKeychain in an ssh config); the module's git is guaranteed.
@@ -114,8 +114,10 @@ let
           (lib.getExe' cfg.package "nixfleet-agent-privileged")
           "--config"
           "${configFile}"
+          # /var is a symlink to private/var on macOS, and root walks the request's path from /
+          # with O_NOFOLLOW at every step: it must be given the path without the symlink
           "--request"
-          requestFile
+          "/private${requestFile}"
           "--out-dir"
           "${privilegedDir}/results"
           "--state-dir"
@@ -200,7 +202,7 @@ in
       }
       {
         assertion = validAttr;
-        message = "services.nixfleet-agent.hostname must be 1-63 characters of A-Z a-z 0-9 . _ - (it names the darwinConfigurations output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
+        message = "services.nixfleet-agent.hostname must be ${shared.hostnameRule} (it names the darwinConfigurations output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
       }
       {
         assertion = cfg.watchdog.maxAge > cfg.interval;

@@ -47,7 +47,7 @@ let
   privilegedDir = "/var/lib/nixfleet-agent-privileged";
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
-  validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}" cfg.hostname != null;
+  validAttr = shared.validHostname cfg.hostname;
 in
 {
   options.services.nixfleet-agent = shared.options // shared.nixosOptions // {
@@ -79,7 +79,7 @@ in
       }
       {
         assertion = validAttr;
-        message = "services.nixfleet-agent.hostname must be 1-63 characters of A-Z a-z 0-9 . _ -, not starting with . (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
+        message = "services.nixfleet-agent.hostname must be ${shared.hostnameRule} (it names the flake output to build), got ${lib.generators.toPretty { } cfg.hostname}; set networking.hostName or services.nixfleet-agent.hostname.";
       }
     ];
 

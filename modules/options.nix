@@ -14,9 +14,15 @@ let
   inherit (lib) literalExpression mkOption types;
 
   settingsFormat = pkgs.formats.toml { };
+  # The one host-name rule (the agent's config.HOSTNAME_RE and the root side's request check are the
+  # same regex): it names the flake output to build, so no leading dot, no "..", no separators.
+  hostnameRegex = "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}";
 in
 {
-  inherit settingsFormat;
+  inherit settingsFormat hostnameRegex;
+
+  validHostname = name: name != null && builtins.match hostnameRegex name != null;
+  hostnameRule = "1-63 characters of A-Z a-z 0-9 . _ -, not starting with .";
 
   options = {
     enable = lib.mkEnableOption "the NixFleet agent, connecting this host to a NixFleet dashboard";

@@ -259,6 +259,7 @@ class Agent:
 
         agentpkg.remember_started(self.cfg.platform)
         self._prepare_repo()
+        self._recover_attached()
         if self.dispatcher is not None:
             try:
                 self.dispatcher.resume()
@@ -280,6 +281,16 @@ class Agent:
             thread.join(1.0)  # daemon threads; the process exits right after this either way
         _log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
+
+    def _recover_attached(self) -> None:
+        """An attached command the previous process did not finish (it was SIGKILLed, crashed, or the
+        host rebooted): end its group if it still runs and report it (ops/attached.py)."""
+        from .ops import attached
+
+        try:
+            attached.recover(self.cfg.state_dir, self.reporter, self.status)
+        except Exception as exc:  # noqa: BLE001 - a bad record must not stop the agent
+            _log.error("attached_recovery_failed", error=str(exc)[:300])
 
     def _wait_for_stop(self) -> None:
         """Sleep until stop. A signal may be delivered to any thread; the handler only runs once the

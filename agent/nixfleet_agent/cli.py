@@ -132,7 +132,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _check(cfg: Config) -> int:
-    from .link.session import AuthError, describe, dial
+    from .link.dial import AuthError, describe, dial
     from .redact import redact
 
     url = redact(cfg.url)  # check output is a boundary too: no userinfo of the dashboard URL

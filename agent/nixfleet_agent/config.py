@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from .health.settings import DISABLED as HEALTH_DISABLED, HealthSettings, parse as parse_health
 from .host.facts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
+from .names import HOSTNAME_RE
 from .localfile import LocalFileError, read_text
 from .secret import Secret, read_token_file
 
@@ -51,7 +52,6 @@ _FLAKE_INPUT = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")  # a Nix identifier
 PLATFORMS = ("nixos", "darwin", "home-manager")
 # The host name rule, the same regex modules/nixos.nix asserts (validAttr) and the root side checks
 # (root/request.py _ATTR): a flake attribute and a dashboard id, never a path or a shell word.
-HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}")
 CONFIG_FILE_MAX = 1 << 20
 # Settings that are file system paths: relative ones are refused (they would resolve against
 # whatever directory the agent was started in; a clone would land in relstate/relstate/...).

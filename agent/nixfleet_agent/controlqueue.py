@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable
 from . import log
 
 MAX_PENDING = 64
+IDLE_WAIT = 300.0  # an idle worker wakes this rarely: every wait has a deadline, idle CPU stays ~0
 _log = log.get("control")
 
 
@@ -50,12 +51,17 @@ class ControlQueue:
             return True
 
     def after(self, delay: float, key: Hashable, fn: Callable[[], None]) -> bool:
-        """Run ``fn`` after ``delay`` s unless a timer with ``key`` is already counting down."""
+        """Run ``fn`` after ``delay`` s; one countdown per ``key``, and the earlier deadline wins.
+
+        Why the earlier one: a ``stop`` with a long grace followed by ``kill_command`` (5 s), or a
+        second Ctrl-C, must not be held to the first, longer countdown. True if this call set it."""
+        deadline = time.monotonic() + delay
         with self._cond:
-            if key in self._timers:
+            current = self._timers.get(key)
+            if current is not None and current[0] <= deadline:
                 self.coalesced += 1
                 return False
-            self._timers[key] = (time.monotonic() + delay, fn)
+            self._timers[key] = (deadline, fn)
             self._ensure_thread_locked()
             self._cond.notify_all()
             return True
@@ -92,8 +98,8 @@ class ControlQueue:
             with self._cond:
                 fn = self._next_locked()
                 while fn is None:
-                    wait = min((d for d, _ in self._timers.values()), default=None)
-                    self._cond.wait(None if wait is None else max(0.0, wait - time.monotonic()))
+                    wait = min((d for d, _ in self._timers.values()), default=time.monotonic() + IDLE_WAIT)
+                    self._cond.wait(max(0.0, wait - time.monotonic()))
                     fn = self._next_locked()
             try:
                 fn()

@@ -40,10 +40,15 @@ def _registry() -> ModuleType:
     return registry
 
 
+def _run_command(job: Job) -> None:
+    job.record_attached()  # first, on the worker: the next agent reports it if this one dies (ops/attached)
+    _registry().run(job)
+
+
 class Dispatcher:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: kill_now runs in a signal handler on the main thread, which may hold it in join()
         self._current: str | None = None
         self._pid: int | None = None
         self._detached = False  # the tracked PID is a detached operation (survives agent shutdown)
@@ -84,7 +89,7 @@ class Dispatcher:
             self.ctx.reporter.rejected(current or "", pid)
             return
         _log.info("command_started", command=name)
-        self._start_worker(name, lambda job: _registry().run(job))
+        self._start_worker(name, _run_command)
 
     def on_kill(self, signal_name: str, pid: int) -> None:
         """``kill_command`` (and the ``kill`` command): SIGTERM then SIGKILL, or SIGKILL at once."""
@@ -231,6 +236,7 @@ class Dispatcher:
                 _log.error("command_crash_report_failed", command=job.name, error=repr(again))
         finally:
             job.close_log()
+            job.attached_done()  # ended without its own status: nothing is left to recover
             self._release(job)
             _log.info("command_finished", command=job.name)
 

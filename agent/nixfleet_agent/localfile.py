@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 
 class LocalFileError(ValueError):
@@ -21,19 +22,26 @@ class LocalFileError(ValueError):
         self.path, self.reason = path, reason
 
 
-def read_text(path: str, limit: int) -> str:
-    """The file's UTF-8 text, at most ``limit`` bytes; LocalFileError otherwise."""
+def read_text(path: str, limit: int, check: Callable[[os.stat_result], str | None] | None = None) -> str:
+    """The file's UTF-8 text, at most ``limit`` bytes; LocalFileError otherwise.
+
+    ``check`` sees the ``fstat`` of the opened descriptor (so what is checked is what is read, no
+    stat-then-open race) and returns the reason to refuse it, e.g. root's "owned by root" rule."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise LocalFileError(path, str(exc.strerror or exc)) from None
     try:
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
         if not stat.S_ISREG(mode):
             if stat.S_ISDIR(mode):
                 raise LocalFileError(path, "Is a directory")
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special"
             raise LocalFileError(path, f"it is {kind}, not a regular file")
+        refused = check(info) if check is not None else None
+        if refused:
+            raise LocalFileError(path, refused)
         chunks: list[bytes] = []
         size = 0
         while size <= limit:

@@ -3,7 +3,8 @@
 Every file the agent keeps (state.json, operation records, offsets, op logs, privileged requests)
 goes through here, so "a reader never sees half a file" and "nothing is group/world readable" hold
 in one place. The repository's own stricter check (refuse a directory owned by someone else) is in
-``repo.ensure_private_dir``.
+``repo.clone.ensure_private_dir``. A record the agent cannot use is moved aside once
+(``quarantine``), never re-read on every start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+
+from . import log
+
+_log = log.get("privatefs")
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -37,9 +42,31 @@ def write_private(path: Path, text: str, *, durable: bool = False) -> None:
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself must survive a power cut too: fsync the directory
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+QUARANTINE_SUFFIX = ".bad"
+
+
+def quarantine(path: Path, reason: str, event: str) -> Path | None:
+    """Move a file the agent cannot use aside (``<stem>.bad``) and log it once as ``<event>_quarantined``;
+    it is never read again, so a bad record costs one log line, not an error on every start."""
+    target = path.with_name(path.stem + QUARANTINE_SUFFIX)
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        _log.warn(f"{event}_unusable", file=str(path), error=reason, quarantine_failed=exc.strerror or str(exc))
+        return None
+    _log.warn(f"{event}_quarantined", file=str(path), moved_to=str(target), error=reason)
+    return target

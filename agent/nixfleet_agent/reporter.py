@@ -104,7 +104,3 @@ class Reporter:
         if not self._flush_before_close():
             _log.warn("exit_with_undelivered", queued=len(self._outbox))
         self._exit(code)
-
-    def wait_delivered(self, timeout: float) -> bool:
-        """Until everything queued (a command's final status included) has evidence of delivery."""
-        return self._outbox.drain(timeout, self._stop)

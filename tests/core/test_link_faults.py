@@ -120,3 +120,34 @@ def test_status_in_flight_when_the_agent_is_killed_is_sent_by_the_next_agent(das
     start_agent(agent_env())  # straight to the dashboard this time
     dashboard.wait_message("status", where=lambda r: r.payload["command"] == "refresh-git", timeout=15)
     wait_for(lambda: not list(journal.glob("*.json")), 10, "the journal entry to be removed once confirmed")
+
+
+def test_closing_does_not_wait_for_a_writer_stuck_on_a_dashboard_that_stopped_reading(dashboard, tmp_path):
+    """The writer is blocked in sendall (holding the send lock) on a dashboard that stopped reading.
+    Closing the session - shutdown or the post-switch reconnect - must not wait for that lock; before,
+    websocket-client's send_close waited for it until ping_timeout (here 120 s) ended the writer."""
+    with Session(dashboard.url, tmp_path, NIXFLEET_PING_TIMEOUT="120", NIXFLEET_PING_INTERVAL="60") as session:
+        wait_for(lambda: session.connection.registered, 10, "registration")
+        dashboard.freeze("inproc")
+
+        def chatty():
+            for i in range(4000):
+                if session.stop.is_set():
+                    break
+                session.reporter.output("chatty", f"{i:05d} " + "x" * 16000)
+
+        threading.Thread(target=chatty, daemon=True).start()
+        writer = session.connection._session.ws.lock  # websocket-client's send lock, held while writing
+
+        def stuck() -> bool:  # the lock held and nothing leaving the queue for half a second
+            before = len(session.outbox)
+            if before < 200 or not writer.locked():
+                return False
+            session.stop.wait(0.5)
+            return writer.locked() and len(session.outbox) >= before
+
+        wait_for(stuck, 30, "the writer to block on the frozen dashboard")
+        closed = threading.Event()
+        threading.Thread(target=lambda: (session.connection.reconnect(), closed.set()), daemon=True).start()
+        assert closed.wait(20), "closing the session waited for the stuck writer"
+        session.stop.set()

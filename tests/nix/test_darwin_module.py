@@ -125,7 +125,8 @@ def test_root_start_script_runs_the_root_code_with_darwin_rebuild() -> None:
     argv = exec_line[0].split(" ")[1:]
     assert argv[0].endswith("/bin/nixfleet-agent-privileged")
     pairs = dict(zip(argv[1::2], argv[2::2]))
-    assert pairs["--request"] == REQUEST
+    # /var is a symlink on macOS; root opens the request path with O_NOFOLLOW at every step
+    assert pairs["--request"] == "/private" + REQUEST
     assert pairs["--out-dir"] == "/var/lib/nixfleet-agent-privileged/results"
     assert pairs["--state-dir"] == "/var/lib/nixfleet-agent-privileged/root"
     assert pairs["--darwin-rebuild"] == "/run/current-system/sw/bin/darwin-rebuild"
@@ -189,6 +190,7 @@ BAD = [
     ({"settings": {"token": "secret"}}, "services.nixfleet-agent.settings.token would put the token"),
     ({"settings": {"state_dir": "/tmp/x"}}, "services.nixfleet-agent.settings.repo_dir and .state_dir cannot be set"),
     ({"hostname": "bad host"}, "services.nixfleet-agent.hostname must be 1-63 characters"),
+    ({"hostname": ".mac"}, "not starting with ."),
     ({"watchdog": {"maxAge": 5}}, "services.nixfleet-agent.watchdog.maxAge (5) must exceed"),
     ({"user": "alice"}, "services.nixfleet-agent.user must be a dedicated service user"),
 ]
@@ -196,7 +198,7 @@ BAD = [
 
 @pytest.mark.parametrize(("overrides", "message"), BAD,
                          ids=["no-url", "no-token", "no-repo", "both-repos", "config-repo", "token-in-store",
-                              "key-in-store", "token-in-settings", "state-dir", "bad-hostname",
+                              "key-in-store", "token-in-settings", "state-dir", "bad-hostname", "dot-hostname",
                               "watchdog-too-eager", "primary-user"])
 def test_each_assertion_fires(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
     proc = run("darwin", "darwin-good.nix", tmp_path, "--arg", "settings", settings(**overrides))

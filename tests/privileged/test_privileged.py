@@ -191,6 +191,18 @@ def test_another_hosts_configuration_is_refused(host: Host) -> None:
     assert host.shim_calls() == []
 
 
+def test_without_its_own_host_name_root_builds_nothing(host: Host) -> None:
+    """Fail closed: root started without --flake-attr (and no hostname in --config) used to build
+    whatever attribute the agent's request named."""
+    argv = host.argv()
+    i = argv.index("--flake-attr")
+    del argv[i:i + 2]
+    host.write(host.good(flake_attr="db1"))
+    assert root_main.main(argv) == 2
+    assert str(host.result()["error"]).startswith("flake_attr: this host's name is not configured")
+    assert host.shim_calls() == []
+
+
 def test_refresh_turns_off_the_negative_cache_for_builds_only(host: Host) -> None:
     host.write(host.good(refresh=True))
     assert host.run() == 0
@@ -353,8 +365,13 @@ def test_what_to_fetch_and_build_comes_from_the_modules_config_file(host: Host, 
     assert root_main.main(argv) == 2
     assert not host.request.exists()  # consumed all the same: no re-trigger loop on a bad config
     assert host.rejected() == {"id": "c", "exit_code": 2, "finished_at": host.rejected()["finished_at"],
-                               "error": f"config: {config} must be owned by root and writable by nobody else"}
+                               "error": f"config: cannot read '{config}': must be owned by root and writable by nobody else"}
     assert host.builds() == [f"switch --flake {host.flake(host.commit)}"]  # still only the first
+    config.chmod(0o644)
+    config.write_bytes(b'hostname = "web1\xff"\n')  # not UTF-8: one line, not a traceback
+    host.write(host.good(id="d"))
+    assert root_main.main(argv) == 2
+    assert host.rejected()["error"] == f"config: cannot read '{config}': not UTF-8 text (byte 16)"
 
 
 def test_an_unusable_deploy_key_is_reported_and_the_request_consumed(host: Host, tmp_path: Path) -> None:

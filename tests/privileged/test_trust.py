@@ -285,3 +285,23 @@ def test_update_lock_must_be_a_boolean_and_for_builds_only(host: Host, value: ob
     host.write({"id": "rb", "action": "rollback", "update_lock": True})
     assert host.run() == 2
     assert host.result("rb")["error"] == "update_lock: only for switch (got action rollback)"
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b'{"commit": 5}', b'{"commit": "abc"}', b"\xff\xfe"])
+def test_a_damaged_deployed_record_refuses_instead_of_switching_the_rule_off(host: Host, signers: Signers,
+                                                                             damage: bytes) -> None:
+    """Before: an unreadable deployed.json read as "nothing deployed yet", so an older signed commit
+    replayed after it was damaged was built."""
+    host.extra = ["--allowed-signers", str(signers.allowed)]
+    old = commit(host.origin, {"a.nix": "{ }\n"}, "old", *signers.flags("admin"))
+    new = commit(host.origin, {"b.nix": "{ }\n"}, "new", *signers.flags("admin"))
+    host.write(host.good(id="new", commit=new))
+    assert host.run() == 0
+    deployed = host.root_dir / "deployed.json"
+    assert deployed.is_file()
+    deployed.write_bytes(damage)
+    git(host.origin, "reset", "-q", "--hard", old)
+    host.write(host.good(id="old", commit=old))
+    assert host.run() == 1
+    assert refusal(host, "old").startswith(f"backwards: {deployed} is unreadable or damaged")
+    assert host.builds() == [f"switch --flake {host.flake(new)}"]

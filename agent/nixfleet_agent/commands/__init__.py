@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..ops import runner
 from ..kinds import CommandStatus
-from ..ops import operations, oplog
+from ..ops import attached, operations, oplog
 from ..redact import redact
 from ..ops.runner import Result
 
@@ -85,6 +85,7 @@ class Job:
         self.status_sent = False
         self._log: oplog.OpLog | None = None
         self._log_lock = threading.Lock()
+        self._attached: attached.Record | None = None  # see ops/attached.py: set while a child may run
 
     @property
     def repo_path(self) -> Path:
@@ -130,12 +131,15 @@ class Job:
         """Run a child (streamed, logged, PID-tracked). A pending stop skips it: exit 130."""
         if self.tracker.cancelled():
             return Result(exit_code=130, signal=15)
+        self.record_attached()
         timer: threading.Timer | None = None
         fired: list[bool] = []
 
         def on_pid(pid: int | None) -> None:
             nonlocal timer
             self.tracker.track(pid)
+            if pid is not None and self._attached is not None:
+                attached.child_started(Path(self.ctx.cfg.state_dir), self._attached, pid)
             if pid is not None and timeout:
                 def expire() -> None:
                     fired.append(True)
@@ -153,6 +157,21 @@ class Job:
             self.err(f"{argv[0]} timed out after {timeout:.0f}s and was killed")
             result.start_error = result.start_error or f"timed out after {timeout:.0f}s"
         return result
+
+    def record_attached(self) -> None:
+        """Before the command's first step (the dispatcher) and again before each child (a no-op once
+        written): a record the next agent finds if this one dies uncleanly (ops/attached.py)."""
+        if self._attached is None:
+            try:
+                self._attached = attached.begin(Path(self.ctx.cfg.state_dir), self.op_id, self.name)
+            except (OSError, ValueError) as exc:  # the command still runs; only its recovery is lost
+                self.err(f"warning: cannot record the running command for recovery: {exc}")
+
+    def attached_done(self) -> None:
+        """The final status is in the durable outbox (or the command ended): drop the record."""
+        record, self._attached = self._attached, None
+        if record is not None:
+            attached.finish(Path(self.ctx.cfg.state_dir), record)
 
     def repo_env(self) -> Mapping[str, str] | None:
         """The repository's child environment; None (inherit) if the SSH setup is unusable."""
@@ -182,12 +201,11 @@ class Job:
         if command is None or command == self.name:
             self.status_sent = True
             self.tracker.release()
+            if self._attached is not None:
+                attached.finalize(Path(self.ctx.cfg.state_dir), self._attached, status, exit_code, message)
         self.ctx.reporter.status(command or self.name, status, exit_code, message)
-
-    def wait_delivered(self, timeout: float = 10.0) -> bool:
-        """Bounded wait until the Outbox is empty (our status has been written to the socket)."""
-        wait = getattr(self.ctx.reporter, "wait_delivered", None)  # test reporters deliver at once
-        return True if wait is None else bool(wait(timeout))
+        if command is None or command == self.name:
+            self.attached_done()  # after the hand-over: from here the link journal owns the result
 
     def progress(self, phase: str, current: int, total: int, status: str) -> None:
         self.ctx.reporter.progress(phase, current, total, status)

@@ -80,7 +80,7 @@ def reboot(ctx: Context) -> None:
 
 
 def _privileged_reboot(ctx: Context) -> Result:
-    """NixOS module: the agent has no sudo; ask the root unit (action ``reboot``) and wait briefly."""
+    """NixOS / nix-darwin modules: the agent has no sudo; ask the root unit (action ``reboot``) and wait briefly."""
     op_id = oplog.new_op_id()
     launcher = operations.PrivilegedLauncher(Path(ctx.cfg.state_dir))
     log_path, result_path = operations.paths_for(ctx.cfg.state_dir, ctx.cfg.privileged_dir, op_id, "privileged")

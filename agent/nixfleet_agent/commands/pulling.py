@@ -1,7 +1,7 @@
 """``pull`` and the pieces ``pull-switch``/``force-update`` share: the pull steps and upstream's
 post-validation text.
 
-The pull itself belongs to ``repo.Repo.pull`` (fetch + reset + clean in isolated mode, ``pull
+The pull itself belongs to ``repo.clone.Repo.pull`` (fetch + reset + clean in isolated mode, ``pull
 --ff-only`` in legacy mode); here every git child it starts goes through ``Job.run`` so it is
 streamed, logged and stoppable (upstream did not PID-track the pull steps, so ``stop`` said "no
 command running" during a hung fetch). Unlike upstream's isolated path, a successful pull always

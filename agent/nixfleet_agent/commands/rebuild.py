@@ -211,7 +211,8 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
 def _new_operation(job: Job, action: str, argv: list[str], refresh: bool = False,
                    update_lock: bool = False) -> operations.Operation:
     cfg = job.ctx.cfg
-    # The root unit exists only under the NixOS module; Home Manager/nix-darwin always detach.
+    # A root side exists under the NixOS module (path unit) and the nix-darwin module (launchd daemon);
+    # Home Manager always detaches.
     launcher = LaunchMode.PRIVILEGED if privileged_switch(cfg) else LaunchMode.DETACHED
     log_path, result_path = operations.paths_for(cfg.state_dir, cfg.privileged_dir, job.op_id, launcher)
     repo = job.ctx.repo

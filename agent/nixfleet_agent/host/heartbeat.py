@@ -29,7 +29,7 @@ class RepoFacts(Protocol):
 
 
 class LocalRepoFacts:
-    """Fallback when ``repo.Repo`` is unavailable: the same two facts, read directly."""
+    """Fallback when ``repo.clone.Repo`` is unavailable: the same two facts, read directly."""
 
     def __init__(self, repo_dir: Path) -> None:
         self.repo_dir = repo_dir

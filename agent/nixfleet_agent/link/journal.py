@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .. import log
-from ..privatefs import ensure_private_dir, write_private
+from ..privatefs import ensure_private_dir, quarantine, write_private
 
 DIR_NAME = "undelivered"
+_NAME = re.compile(r"(\d{16})\.json")
+MAX_ENTRY = 1 << 20  # a status text is at most a few KiB; a bigger file is not ours
 _log = log.get("journal")
 
 
@@ -42,19 +45,32 @@ class Journal:
             _log.warn("journal_remove_failed", path=str(self.path), error=exc.strerror or str(exc))
 
     def load(self) -> list[tuple[int, str, str, str]]:
-        """(seq, kind, text, command) of every recorded message, oldest first; unreadable files are
-        named in the log and skipped (never fatal: the agent must still come up)."""
+        """(seq, kind, text, command) of every recorded message, oldest first.
+
+        The sequence number is the file's name (so ``remove`` always finds the file again); a file
+        whose content disagrees, or that cannot be read or parsed, is quarantined once (never fatal:
+        the agent must still come up, and must not replay a broken entry on every start)."""
         try:
             ensure_private_dir(self.path)
-            names = sorted(p for p in self.path.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+            names = sorted(p for p in self.path.iterdir() if _NAME.fullmatch(p.name))
         except OSError as exc:
             _log.warn("journal_unreadable", path=str(self.path), error=exc.strerror or str(exc))
             return []
         entries = []
         for path in names:
+            seq = int(path.name[:16])
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                entries.append((int(data["seq"]), str(data["kind"]), str(data["text"]), str(data.get("command", ""))))
-            except (OSError, ValueError, KeyError, TypeError):
-                _log.warn("journal_entry_ignored", path=str(path), reason="unreadable or malformed")
-        return sorted(entries)
+                with open(path, "rb") as fh:
+                    data = json.loads(fh.read(MAX_ENTRY + 1).decode("utf-8"))
+                if not isinstance(data, dict) or data.get("seq") != seq or isinstance(data.get("seq"), bool):
+                    raise ValueError(f"content does not belong to sequence number {seq}")
+                kind, text, command = data["kind"], data["text"], data.get("command", "")
+                if not all(isinstance(v, str) for v in (kind, text, command)):
+                    raise ValueError("kind, text and command must be strings")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                quarantine(path, f"{type(exc).__name__}: {str(exc)[:160]}", "undelivered_entry")
+                continue
+            entries.append((seq, kind, text, command))
+        return entries

@@ -15,21 +15,20 @@ a rotated token never hammers the server.
 from __future__ import annotations
 
 import select
-import sys
 import threading
 import time
 from collections.abc import Callable
 
 import websocket
-from websocket import ABNF
 
 from .. import log
 from ..config import Config
-from ..redact import redact
 from . import protocol
 from .backoff import Backoff
+from .dial import AuthError, describe, dial
 from .frames import FrameError, FrameReader
 from .outbox import Message, Outbox, evidence_payload, parse_evidence
+from .sockets import abort, send_close, send_text_frames, shutdown_socket
 
 STABLE_AFTER = 10.0  # seconds a registered session must last before backoff resets
 BATCH_MESSAGES = 256  # frames written with one system call when the queue holds several
@@ -42,92 +41,6 @@ _DEADLINE_HINTS = {
     "no delivery evidence": "written messages were never confirmed; resending them on the next link",
     "incomplete frame": "a frame or fragmented message stayed incomplete; treating the link as broken",
 }
-
-
-class AuthError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-class RedirectRefused(Exception):
-    """The dashboard answered the upgrade with a redirect. Following it would send the token to
-    whatever host ``Location`` names (and may downgrade wss:// to ws://), so it is an error."""
-
-    def __init__(self, status: int, location: str) -> None:
-        super().__init__(f"HTTP {status} redirect to {redact(location) or '(no Location)'} refused; "
-                         "the token is only sent to the configured url (set url to the new address)")
-
-
-class HandshakeDeadline(Exception):
-    """The whole upgrade (TCP, TLS, HTTP) took longer than handshake_timeout."""
-
-
-def describe(exc: BaseException) -> str:
-    """A short, token-free description of a dial error."""
-    if isinstance(exc, (RedirectRefused, HandshakeDeadline)):
-        return str(exc)
-    if isinstance(exc, websocket.WebSocketBadStatusException):
-        return f"HTTP {exc.status_code}"
-    ssl = sys.modules.get("ssl")  # only loaded for wss:// (see cli.avoid_tls_libraries)
-    if ssl is not None and isinstance(exc, ssl.SSLError):
-        return f"TLS: {getattr(exc, 'reason', None) or exc}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc) or type(exc).__name__
-    return redact(text.splitlines()[0][:200])
-
-
-def dial(cfg: Config) -> websocket.WebSocket:
-    """Open one authenticated WebSocket; raises AuthError on 401/403, RedirectRefused on 3xx,
-    HandshakeDeadline when the whole upgrade outlasts handshake_timeout, other exceptions otherwise.
-
-    websocket-client's own timeout applies to each recv, and it reads the response headers one byte
-    per recv, so a server trickling a byte a second would hold it for ever: a timer bounds the whole
-    handshake by shutting the socket down. Redirects are never followed (``redirect_limit=0``)."""
-    sslopt: dict[str, object] = {}
-    if cfg.ca_file:
-        sslopt["ca_certs"] = cfg.ca_file
-    ws = websocket.WebSocket(sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True)
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        _shutdown_socket(ws)
-
-    timer = threading.Timer(cfg.handshake_timeout, expire)
-    timer.daemon = True
-    timer.start()
-    try:
-        ws.connect(
-            cfg.url,
-            header=["Authorization: Bearer " + cfg.token.reveal()],
-            timeout=cfg.handshake_timeout,
-            suppress_origin=True,
-            redirect_limit=0,
-        )
-    except websocket.WebSocketBadStatusException as exc:
-        ws.shutdown()
-        if exc.status_code in (401, 403):
-            raise AuthError(exc.status_code) from None
-        raise
-    except BaseException:
-        response = getattr(ws, "handshake_response", None)
-        ws.shutdown()
-        if expired.is_set():
-            raise HandshakeDeadline(f"handshake timed out (not complete within {cfg.handshake_timeout} s)") from None
-        status = getattr(response, "status", 0)
-        if 300 <= int(status or 0) < 400:
-            headers = getattr(response, "headers", None) or {}
-            raise RedirectRefused(int(status), str(headers.get("location", ""))) from None
-        raise
-    finally:
-        timer.cancel()
-    if expired.is_set():
-        _abort(ws)
-        raise HandshakeDeadline(f"handshake timed out (not complete within {cfg.handshake_timeout} s)")
-    ws.settimeout(cfg.ping_timeout)
-    return ws
 
 
 class _Session:
@@ -252,7 +165,7 @@ class Connection:
             ws.send(self._build_register())  # first frame on every connection, before the writer runs
         except Exception as exc:  # noqa: BLE001
             _log.warn("register_send_failed", error=describe(exc))
-            _abort(ws)
+            abort(ws)
             return False
         self._session = session
         _log.info("connected", url=self.cfg.url, session=self.sessions)
@@ -265,11 +178,11 @@ class Connection:
             session.dead.set()
             was_registered = session.registered.is_set()
             session.registered.clear()
-            _shutdown_socket(ws)  # unblocks a writer stuck in send() on a dead link
+            shutdown_socket(ws)  # unblocks a writer stuck in send() on a dead link
             self.outbox.set_live(False)
             self.outbox.kick()
             writer.join(5.0)
-            _abort(ws)
+            abort(ws)
             self._session = None
         level = _log.info if session.close_reason or self._stop.is_set() else _log.warn
         level("disconnected", reason=session.close_reason or reason, queued=len(self.outbox))
@@ -325,7 +238,7 @@ class Connection:
                 events = frames.feed(data)
             except FrameError as exc:
                 _log.warn("protocol_violation", reason=exc.reason, close_code=exc.code)
-                _send_close(ws, exc.code, exc.reason)
+                send_close(ws, exc.code, exc.reason)
                 return f"protocol violation: {exc.reason}"
             for event in events:
                 last_rx = time.monotonic()
@@ -337,7 +250,7 @@ class Connection:
                     self._on_pong(session, event.data)
                 elif event.kind == "close":
                     code = int.from_bytes(event.data[:2], "big") if len(event.data) >= 2 else 1005
-                    _send_close(ws, websocket.STATUS_NORMAL, "")  # the closing handshake's reply
+                    send_close(ws, websocket.STATUS_NORMAL, "")  # the closing handshake's reply
                     return f"closed by dashboard (code {code})"
                 else:
                     self._handle(session, event.data)
@@ -402,7 +315,7 @@ class Connection:
                 if session.registered.is_set():
                     batch = self.outbox.take(BATCH_MESSAGES, BATCH_BYTES)
                     if batch:
-                        _send_text_frames(ws, [self.outbox.wire_text(m) for m in batch])
+                        send_text_frames(ws, [self.outbox.wire_text(m) for m in batch])
                         self.outbox.written(batch)
                         batch = []
                         continue
@@ -413,7 +326,7 @@ class Connection:
             if not session.dead.is_set():
                 _log.warn("write_failed", error=describe(exc))
             session.dead.set()
-            _shutdown_socket(ws)
+            shutdown_socket(ws)
 
     def _close_session(self, reason: str) -> None:
         session = self._session
@@ -422,56 +335,7 @@ class Connection:
         session.close_reason = reason
         session.dead.set()
         self.outbox.kick()
-        try:
-            session.ws.send_close(websocket.STATUS_NORMAL, reason.encode())
-        except Exception:  # noqa: BLE001 - already broken; closing anyway
-            pass
-        _shutdown_socket(session.ws)
-
-
-def _send_text_frames(ws: websocket.WebSocket, batch: list[str]) -> None:
-    """One masked text frame per message, exactly as ``ws.send`` would make them, but written with a
-    single ``sendall``: a 200,000-line command then costs a few thousand system calls, not 200,000.
-    ``ws.lock`` is websocket-client's own send lock (enable_multithread=True)."""
-    data = b"".join(ABNF.create_frame(text, ABNF.OPCODE_TEXT).format() for text in batch)
-    sock = ws.sock
-    if sock is None:
-        raise websocket.WebSocketConnectionClosedException("socket is already closed")
-    with ws.lock:
-        sock.sendall(data)
-
-
-def _send_close(ws: websocket.WebSocket, code: int, reason: str) -> None:
-    """A close frame from the reading thread, only if that cannot block it: not while the writer
-    holds the send lock (it may be stuck on a peer that does not read), not into a full buffer."""
-    sock = ws.sock
-    if sock is None or not ws.lock.acquire(blocking=False):
-        return
-    try:
-        _, writable, _ = select.select([], [sock], [], 0)
-        if writable:
-            frame = ABNF.create_frame(code.to_bytes(2, "big") + reason.encode()[:120], ABNF.OPCODE_CLOSE)
-            sock.sendall(frame.format())
-    except Exception:  # noqa: BLE001 - the peer may already be gone
-        pass
-    finally:
-        ws.lock.release()
-
-
-def _shutdown_socket(ws: websocket.WebSocket) -> None:
-    """Wake a reader blocked in select() by shutting the socket down (close alone does not)."""
-    sock = ws.sock
-    if sock is None:
-        return
-    try:
-        sock.shutdown(2)
-    except OSError:
-        pass
-
-
-def _abort(ws: websocket.WebSocket) -> None:
-    _shutdown_socket(ws)
-    try:
-        ws.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
+        # never ws.send_close(): it waits for the send lock, which a writer stuck on a peer that does
+        # not read holds for up to ping_timeout, and shutdown/reconnect must not wait for that
+        send_close(session.ws, websocket.STATUS_NORMAL, reason)
+        shutdown_socket(session.ws)

@@ -18,7 +18,6 @@ record's id is used to build paths (``<id>.offset``, ``logs/<id>.log``). So ever
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,22 +26,17 @@ from typing import Any
 
 from .. import log as logmod
 from ..kinds import Action, LaunchMode
-from ..privatefs import write_private
+from ..names import valid_id
+from .. import privatefs
+from ..privatefs import QUARANTINE_SUFFIX, write_private
 
 _log = logmod.get("journal")
 
 # One rule for an operation id, shared with the root side's request check (root/request.py).
-ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 LAUNCHERS = ("detached", "privileged")
 _NAME_RE = re.compile(r"[a-z][a-z-]{0,31}")  # command and action names
-QUARANTINE_SUFFIX = ".bad"
 KEEP_REPORTED = 20
 KEEP_QUARANTINED = 20
-
-
-def valid_id(op_id: object) -> bool:
-    """True for an id that is safe as a single path component (never ``.``/``..``/``a/b``)."""
-    return isinstance(op_id, str) and ID_RE.fullmatch(op_id) is not None and not op_id.startswith(".")
 
 
 @dataclass
@@ -145,14 +139,7 @@ def save(state_dir: Path, op: Operation) -> None:
 
 def quarantine(path: Path, reason: str) -> None:
     """Move a bad record aside (``<name>.bad``) and say so once; it is never read again."""
-    target = path.with_name(path.stem + QUARANTINE_SUFFIX)
-    try:
-        os.replace(path, target)
-    except OSError as exc:
-        _log.warn("operation_record_unusable", file=str(path), error=reason,
-                  quarantine_failed=exc.strerror or str(exc))
-        return
-    _log.warn("operation_record_quarantined", file=str(path), moved_to=str(target), error=reason)
+    privatefs.quarantine(path, reason, "operation_record")
 
 
 def load_all(state_dir: Path) -> list[Operation]:

@@ -13,8 +13,8 @@ agent's pipes, dies with it or is killed by SIGPIPE (upstream P1920). So:
    the rebuild exits. The wrapper catches SIGTERM/SIGHUP/SIGINT (handlers, not SIG_IGN, so the
    rebuild keeps default dispositions after exec) so that ``stop`` reaches the rebuild and the
    wrapper still records how it ended.
-   ``privileged`` - NixOS: writes ``privileged/request.json`` for the root unit and follows
-   ``<privileged_dir>/<id>/output.log`` and ``result.json`` (contract in docs/architecture.md).
+   ``privileged`` - NixOS and nix-darwin: writes ``privileged/request.json`` for the root unit and follows
+   ``<privileged_dir>/<id>/output.log`` and ``result.json`` (contract in docs/root-boundary.md).
 3. The agent streams the operation by following the log file (read to EOF, then wait 50 ms; the
    rebuild's output reaches the dashboard within tens of milliseconds) and keeps the offset of the
    last whole line it emitted in ``operations/<id>.offset`` (at most once a second, and always on
@@ -159,7 +159,7 @@ class DetachedLauncher:
 
 
 class PrivilegedLauncher:
-    """NixOS: ask the root unit via ``<state_dir>/privileged/request.json`` (atomic rename)."""
+    """NixOS / nix-darwin: ask the root side via ``<state_dir>/privileged/request.json`` (atomic rename)."""
 
     name = "privileged"
 
@@ -183,7 +183,7 @@ class PrivilegedLauncher:
 
 
 def request_path(state_dir: Path) -> Path:
-    """Where the agent drops a request for the NixOS root unit (its path unit watches this file)."""
+    """Where the agent drops a request for the root side (NixOS path unit / nix-darwin WatchPaths)."""
     return Path(state_dir) / "privileged" / "request.json"
 
 

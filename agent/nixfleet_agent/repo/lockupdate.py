@@ -170,7 +170,7 @@ def update(
     """Update, commit and push ``flake.lock``; see the module docstring for the retry policy.
 
     ``emit`` (line, stream) receives the notes (changed inputs, rejected pushes, fallback reason).
-    ``inputs`` limits the update to those flake inputs (``bump-flake``: only ``nixfleet``).
+    ``inputs`` limits the update to those flake inputs (``bump-flake``: only the agent input, ``agent_input``).
     ``track`` hears the PID of each ``git push`` (and None after), so ``stop`` can end a hung push.
     """
     with repo.emitting(emit):

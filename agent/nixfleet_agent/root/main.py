@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import localfile, log, nix
+from ..config import CONFIG_FILE_MAX, DEFAULT_AGENT_INPUT
 from ..repo import gitenv
-from .. import log, nix
-from ..config import DEFAULT_AGENT_INPUT
 from . import lockrefresh, results, source, verify
 from ..health import badlist, gate, settings as health_settings
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
@@ -95,7 +95,13 @@ class Handler:
         return REJECTED_EXIT
 
     def run(self, req: Request) -> int:
-        if self.s.flake_attr and req.flake_attr and req.flake_attr != self.s.flake_attr:
+        if req.action in BUILD_ACTIONS and not self.s.flake_attr:
+            # fail closed: without its own host name root cannot tell this host's configuration from
+            # another's, and the request's flake_attr is the agent's word
+            return self.reject(RequestError("flake_attr", "this host's name is not configured (hostname in "
+                                            "--config, or --flake-attr); root builds only this host's "
+                                            "configuration", req.id, req.action), req.owner)
+        if req.flake_attr and req.flake_attr != self.s.flake_attr:
             return self.reject(RequestError("flake_attr", f"{req.flake_attr} is not this host's configuration "
                                             f"({self.s.flake_attr})", req.id, req.action), req.owner)
         op_dir = self.results.new_dir(req.id)
@@ -151,7 +157,7 @@ class Handler:
                                              host=socket.gethostname(), env=self.env)
             what = "lock refreshed by root" if build != req.commit else "lock unchanged"
             out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
-        flake = self.src.flake_ref(build, req.flake_attr, ref)
+        flake = self.src.flake_ref(build, self.s.flake_attr, ref)
         code, error = self.gate.switch(
             req.commit, req.id, req.owner, nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh),
             lambda argv: self._run(argv, out), out,
@@ -225,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "accept-new into <state-dir>/known_hosts")
     add("--allowed-signers", type=Path, help="SSH allowed signers file: require commits signed by them")
     add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
-    add("--agent-input", help="flake input force-update refreshes (default nixfleet)")
+    add("--agent-input", help="flake input force-update refreshes (default nixfleet-agent)")
     add("--keep", type=int, default=results.KEEP, help="request directories kept")
     rebuild = parser.add_mutually_exclusive_group()
     rebuild.add_argument("--nixos-rebuild", default=None, help="nixos-rebuild executable (NixOS)")
@@ -260,14 +266,17 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     The file must be root's and writable by nobody else: it decides what root fetches and builds,
     so it may come from the store or /etc, never from a place the agent can write."""
     if args.config is not None:
-        try:
-            info = os.stat(args.config)
+        def roots(info: os.stat_result) -> str | None:
             if info.st_uid != 0 and info.st_uid != os.geteuid() or info.st_mode & 0o022:
-                return f"{args.config} must be owned by root and writable by nobody else"
-            with open(args.config, "rb") as handle:
-                doc = tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            return f"cannot read {args.config}: {getattr(exc, 'strerror', None) or exc}"
+                return "must be owned by root and writable by nobody else"
+            return None
+
+        try:
+            doc = tomllib.loads(localfile.read_text(str(args.config), CONFIG_FILE_MAX, check=roots))
+        except localfile.LocalFileError as exc:
+            return str(exc)
+        except tomllib.TOMLDecodeError as exc:
+            return f"cannot read {args.config}: {exc}"
         args.health = health_settings.parse(doc.get("health"))
         if args.health.problems:
             return "; ".join(args.health.problems)

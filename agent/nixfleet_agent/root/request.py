@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..kinds import Action
+from ..names import HOSTNAME_RE, HOSTNAME_RULE, valid_id
 
 # Exactly what the agent sends (commands/rebuild.py, commands/control.py); nixos-rebuild boot/test
 # and anything else stay out of reach of the agent.
@@ -28,9 +29,7 @@ FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock", "for
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2
 
-_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the same rule as ops/journal.ID_RE
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_ATTR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}")  # = config.HOSTNAME_RE = modules/nixos.nix validAttr
 
 
 class RequestError(Exception):
@@ -178,7 +177,7 @@ def parse_request(data: bytes) -> Request:
         raise RequestError("request", f"must be a JSON object, got {type(doc).__name__}")
 
     raw_id = doc.get("id")
-    if not isinstance(raw_id, str) or not _ID.fullmatch(raw_id) or raw_id.startswith("."):
+    if not isinstance(raw_id, str) or not valid_id(raw_id):
         raise RequestError("id", f"must match [A-Za-z0-9._-]{{1,64}} and not start with '.' (got {_show(raw_id)})")
     request_id = raw_id
 
@@ -196,8 +195,8 @@ def parse_request(data: bytes) -> Request:
     if not isinstance(commit, str) or ((needs_build or commit) and not _COMMIT.fullmatch(commit)):
         raise RequestError("commit", f"must be a full 40-hex lowercase commit id (got {_show(commit)})",
                            request_id, action)
-    if not isinstance(attr, str) or ((needs_build or attr) and not _ATTR.fullmatch(attr)):
-        raise RequestError("flake_attr", f"must match [A-Za-z0-9._-]{{1,63}} (got {_show(attr)})", request_id, action)
+    if not isinstance(attr, str) or ((needs_build or attr) and not HOSTNAME_RE.fullmatch(attr)):
+        raise RequestError("flake_attr", f"must be {HOSTNAME_RULE} (got {_show(attr)})", request_id, action)
     flags = {}
     for name in ("refresh", "update_lock", "force"):
         value = doc.get(name, False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -120,12 +121,25 @@ class Deployed:
         self.path = path
 
     def commit(self) -> str:
+        """The last deployed commit; "" only when nothing was deployed yet. A record that exists but
+        cannot be used is a refusal, not "": an empty answer would silently switch the
+        not-backwards rule off (root's own file, so this means disk damage or tampering)."""
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
             return ""
+        except OSError as exc:
+            raise source.Refusal("backwards", f"cannot read {self.path}: {exc.strerror or exc}") from None
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            doc = None
         value = doc.get("commit") if isinstance(doc, dict) else None
-        return value if isinstance(value, str) else ""
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{40}", value):
+            raise source.Refusal("backwards", f"{self.path} is unreadable or damaged, so root cannot tell "
+                                 "whether this commit is older than the deployed one; remove it to accept "
+                                 "the next signed commit as the new baseline")
+        return value
 
     def record(self, commit: str, built: str, action: str, when: str) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
