@@ -214,3 +214,15 @@ def test_a_bad_health_table_is_one_clear_line(host: Host) -> None:
     from nixfleet_agent.root import main as root_main
     assert root_main.main(host.argv()) == 2
     assert "health.http: 192.0.2.1 is not a loopback address" in host.rejected()["error"]
+
+
+def test_force_is_a_boolean_and_only_for_switch() -> None:
+    from nixfleet_agent.root.request import RequestError, parse_request
+
+    base = {"id": "f-1", "commit": "a" * 40, "flake_attr": "web1"}
+    assert parse_request(json.dumps({**base, "action": "switch", "force": True}).encode()).force is True
+    for doc, field in (({**base, "action": "switch", "force": "yes"}, "force"),
+                       ({**base, "action": "rollback", "force": True}, "force")):
+        with pytest.raises(RequestError) as err:
+            parse_request(json.dumps(doc).encode())
+        assert err.value.field == field
