@@ -71,7 +71,7 @@ def fleet(exchange_dir: Path, system_container: Container) -> tuple[gitserver.Fl
 def host(system_container: Container, exchange_dir: Path, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str],
          golden_dir: Path) -> Iterator[AgentHost]:
     box = system_container
-    wheel, commit = agentwheel.build(exchange_dir / "build")
+    wheel, commit = agentwheel.build(exchange_dir / "build-health")  # test_system_agent builds in build/
     agent = agenthost.install(box, wheel_host=wheel, exchange_host=exchange_dir, exchange_inside="/srv/exchange",
                               url=dash.url, repo_url=fleet[1], token=TOKEN, golden_dir=golden_dir,
                               source_commit=commit)
