@@ -36,10 +36,18 @@ mkdir -p "$store"
 n=$(ls "$store" | wc -l); n=$((n + 1))
 gen="$store/gen$n-$next"
 mkdir -p "$gen/bin"
-if [ "$next" = good ]; then exec_start="/bin/sleep infinity"; else exec_start="/bin/sh -c 'exit 3'"; fi
+if [ "$next" = bad ]; then exec_start="/bin/sh -c 'exit 3'"; else exec_start="/bin/sleep infinity"; fi
 cat > "$gen/bin/switch-to-configuration" <<EOF
 #!/bin/sh
 echo "activating $gen"
+# every generation installs its agent configuration and unit; "nourl" names no dashboard
+if [ "$next" = nourl ]; then
+  sed 's|^url = .*|url = "ws://127.0.0.1:9/ws"|' /etc/nixfleet-test/agent.toml.good > /etc/nixfleet-agent/config.toml
+  { cat /etc/nixfleet-test/agent.service.good; echo "# generation $n"; } > /etc/systemd/system/nixfleet-agent.service
+else
+  cp /etc/nixfleet-test/agent.toml.good /etc/nixfleet-agent/config.toml
+  cp /etc/nixfleet-test/agent.service.good /etc/systemd/system/nixfleet-agent.service
+fi
 printf '[Unit]\nDescription=fleet app of $gen\n[Service]\nExecStart=%s\n' "$exec_start" > /etc/systemd/system/fleet-app.service
 echo "$gen" > /run/fleet-generation
 systemctl daemon-reload
@@ -80,6 +88,8 @@ def host(system_container: Container, exchange_dir: Path, dash: Dashboard, fleet
     config["health"] = {**config["health"], "grace_period": GRACE, "units": ["fleet-app.service"]}  # type: ignore[dict-item]
     box.write_file(units.CONFIG_PATH, toml_dumps(config))
     box.write_file(units.SHIM_PATH, REBUILD, mode=0o755)
+    box.run("cp", units.CONFIG_PATH, "/etc/nixfleet-test/agent.toml.good")
+    box.run("cp", f"/etc/systemd/system/{AGENT_UNIT}", "/etc/nixfleet-test/agent.service.good")
     box.write_file("/etc/nixfleet-test/next-gen", "good\n")
     box.run("mkdir", "-p", "/nix/var/nix/profiles")
     box.run(units.SHIM_PATH, "first-generation")  # generation 1, healthy, active
@@ -156,3 +166,27 @@ def test_a_newer_commit_switches_once_the_agent_confirmed(
     assert box.systemctl("is-active", "fleet-app.service", check=False).stdout.strip() == "active"
     seen = lines(dash, since)
     assert any("health: the agent registered again" in line for line in seen), seen
+
+
+def test_a_generation_whose_agent_cannot_reach_the_dashboard_is_rolled_back_by_root(
+        host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]) -> None:
+    """The new generation's agent has a wrong dashboard URL: the running agent restarts into it
+    (its service definition changed), never registers, root rolls back alone and restarts the
+    agent, which runs the old configuration again and reports what happened."""
+    box = host.box
+    repo, _ = fleet
+    before = generation(box)
+    box.write_file("/etc/nixfleet-test/next-gen", "nourl\n")
+    lost = repo.commit({"hosts/systier.nix": "{ dashboard = \"gone\"; }\n"}, "a wrong dashboard URL")
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    status = status_of(dash, "pull-switch", since, timeout=GRACE + 120)
+    assert status["status"] == "error", status
+    message = str(status["message"])
+    assert "reconnect: the agent did not register with the dashboard again" in message, message
+    assert "rolled back to the previous generation" in message and f"commit {lost[:7]} is refused" in message
+    assert generation(box) == before
+    assert 'url = "ws://127.0.0.1:9/ws"' not in box.read_file(units.CONFIG_PATH)
+    seen = lines(dash, since)
+    assert any("the agent restarts so that the new agent confirms" in line for line in seen), seen
+    box.write_file("/etc/nixfleet-test/next-gen", "good\n")
