@@ -96,7 +96,8 @@ in
           )
           # guard-rails: the agent checks the store's free space before a switch
           // shared.preflightSettings cfg [ ]
-          // shared.visibilitySettings cfg;
+          // shared.visibilitySettings cfg
+          // shared.healthSettings cfg;
       }
 
       (lib.mkIf isDarwin {

@@ -107,7 +107,9 @@ in
         lib.unique ([ "/boot" ] ++ lib.optional (efiMountPoint != null) efiMountPoint)
       )
       // shared.retentionSettings cfg
-      // shared.visibilitySettings cfg;
+      // shared.visibilitySettings cfg
+      # root reads [health] from this same file: the checks are the module's, never the agent's
+      // shared.healthSettings cfg;
 
     systemd.services.nixfleet-agent = {
       description = "NixFleet agent";
@@ -266,6 +268,7 @@ in
             "--keep ${toString cfg.privileged.keepResults}"
             "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
             "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+            "--nix-env ${lib.getExe' config.nix.package "nix-env"}"
           ]
           # "${...}" copies a path literal into the store: public keys, readable by anyone
           ++ lib.optional (

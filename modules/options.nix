@@ -320,6 +320,151 @@ in
         '';
       };
     };
+
+    health = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        example = false;
+        description = ''
+          Whether to check the host after every switch and, when a check fails within
+          {option}`health.gracePeriod`, go back to the previous generation by itself (see
+          {option}`health.onFailure`) and refuse that commit from then on, until a newer commit
+          arrives or a `force-rebuild` asks for it. On NixOS root decides alone, so a switch that
+          breaks the network or the agent is rolled back too.
+        '';
+      };
+
+      gracePeriod = mkOption {
+        type = types.ints.between 5 3600;
+        default = 120;
+        description = ''
+          Seconds after activation within which every check must pass (twice in a row, 2 s
+          apart) and, with {option}`health.requireReconnect`, the agent must have registered
+          with the dashboard again.
+        '';
+      };
+
+      units = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "nginx.service"
+          "postgresql.service"
+        ];
+        description = ''
+          Units that must be active after the switch (`systemctl is-active`; user units of the
+          Home Manager user's manager in the Home Manager module).
+        '';
+      };
+
+      noFailedUnits = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether a unit in the failed state after the switch fails the check
+          (`systemctl list-units --failed`). Units that had already failed before the switch
+          are not counted.
+        '';
+      };
+
+      ignoreFailedUnits = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "flaky-backup.service" ];
+        description = "Failed units that do not count for {option}`health.noFailedUnits`.";
+      };
+
+      http = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              url = mkOption {
+                type = types.strMatching "https?://.+";
+                example = "http://127.0.0.1:8080/healthz";
+                description = "URL requested with GET; redirects are not followed.";
+              };
+              status = mkOption {
+                type = types.ints.between 100 599;
+                default = 200;
+                description = "The HTTP status that counts as healthy.";
+              };
+            };
+          }
+        );
+        default = [ ];
+        example = literalExpression ''[ { url = "http://127.0.0.1:8080/healthz"; } ]'';
+        description = ''
+          HTTP checks. Only loopback hosts unless {option}`health.allowRemote` is set: a check
+          against another machine would roll back every host when that machine is down.
+        '';
+      };
+
+      tcp = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "127.0.0.1:5432"
+          "[::1]:22"
+        ];
+        description = "`host:port` addresses that must accept a TCP connection (loopback unless {option}`health.allowRemote`).";
+      };
+
+      commands = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              argv = mkOption {
+                type = types.nonEmptyListOf types.str;
+                example = literalExpression ''[ (lib.getExe pkgs.curl) "-fsS" "http://127.0.0.1/" ]'';
+                description = "Program (an absolute path) and arguments; exit status 0 means healthy.";
+              };
+              user = mkOption {
+                type = types.nullOr types.str;
+                default = null;
+                example = "nobody";
+                description = ''
+                  User the command runs as; `null` runs it as whoever runs the checks (root on
+                  NixOS, the Home Manager user in the Home Manager module, which cannot run it as
+                  anybody else).
+                '';
+              };
+            };
+          }
+        );
+        default = [ ];
+        example = literalExpression ''[ { argv = [ "''${pkgs.postgresql}/bin/pg_isready" ]; user = "postgres"; } ]'';
+        description = "Commands run after activation, each with a 10 s limit per attempt.";
+      };
+
+      requireReconnect = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether the agent of the new generation must register with the dashboard again within
+          {option}`health.gracePeriod`; if it does not (a wrong URL, a broken network or a
+          broken agent), the switch counts as failed.
+        '';
+      };
+
+      onFailure = mkOption {
+        type = types.enum [
+          "rollback"
+          "report"
+        ];
+        default = "rollback";
+        description = ''
+          `rollback`: activate the previous generation again and refuse the commit from then
+          on; `report`: stay on the new generation and only report the failure.
+        '';
+      };
+
+      allowRemote = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether {option}`health.http` and {option}`health.tcp` may name other hosts than loopback.";
+      };
+    };
   };
 
   # NixOS and nix-darwin: the root side of the privileged switch channel; NixOS only: who runs
@@ -476,6 +621,24 @@ in
     // lib.optionalAttrs (cfg.metrics.textfileDirectory != null) {
       metrics.textfile_directory = lib.mkDefault cfg.metrics.textfileDirectory;
     };
+
+  # The [health] TOML table from services.nixfleet-agent.health (NixOS and Home Manager).
+  # Each key a default of its own, so `settings.health.<key>` overrides just that key.
+  healthSettings = cfg: {
+    health = lib.mapAttrs (_: lib.mkDefault) {
+      inherit (cfg.health) enable units tcp;
+      grace_period = cfg.health.gracePeriod;
+      no_failed_units = cfg.health.noFailedUnits;
+      ignore_failed_units = cfg.health.ignoreFailedUnits;
+      http = map (check: { inherit (check) url status; }) cfg.health.http;
+      commands = map (
+        check: { inherit (check) argv; } // lib.optionalAttrs (check.user != null) { inherit (check) user; }
+      ) cfg.health.commands;
+      require_reconnect = cfg.health.requireReconnect;
+      on_failure = cfg.health.onFailure;
+      allow_remote = cfg.health.allowRemote;
+    };
+  };
 
   # Assertions both modules share; `prefix` is the option path shown in messages.
   assertions =

@@ -71,8 +71,59 @@ let
         );
       };
     };
+  # The health test's nixos-rebuild: like rebuildShim, but it also points the system profile at
+  # the specialisation (nix-env --set), as nixos-rebuild does, so root's health gate has a
+  # previous generation to go back to.
+  healthRebuildShim = pkgs.writeShellScriptBin "nixos-rebuild" ''
+    set -eu
+    echo "nixos-rebuild-shim uid=$(id -u) args=$*"
+    flake=""
+    for arg in "$@"; do
+      case "$arg" in
+        git+file://*) flake=$arg ;;
+      esac
+    done
+    repo=''${flake#git+file://}
+    repo=''${repo%%\?*}
+    rev=''${flake##*rev=}
+    rev=''${rev%%[#&]*}
+    target=$(${pkgs.git}/bin/git -c safe.directory="$repo" -C "$repo" show "$rev:target")
+    system=$(readlink -f /run/booted-system/specialisation/"$target")
+    echo "nixos-rebuild-shim switching to specialisation $target ($system)"
+    ${pkgs.nix}/bin/nix-env -p /nix/var/nix/profiles/system --set "$system"
+    exec "$system"/bin/switch-to-configuration switch
+  '';
+
+  healthAgent =
+    { lib, pkgs, ... }:
+    {
+      imports = [ (common.agent { nixosRebuildPackage = healthRebuildShim; }) ];
+      services.nixfleet-agent.health = {
+        gracePeriod = 60;
+        units = [ "fleet-app.service" ];
+      };
+      environment.etc."fleet-target".text = lib.mkDefault "base";
+      systemd.services.fleet-app = {
+        description = "the fleet's application";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig.ExecStart = lib.mkDefault "${pkgs.coreutils}/bin/sleep infinity";
+      };
+      specialisation.broken.configuration = {
+        environment.etc."fleet-target".text = "broken";
+        # starts, then dies a second later: only the health checks can tell
+        systemd.services.fleet-app.serviceConfig.ExecStart = "${pkgs.bash}/bin/bash -c 'sleep 1; exit 3'";
+      };
+      specialisation.fine.configuration = {
+        environment.etc."fleet-target".text = "fine";
+      };
+    };
 in
 {
+  vm-health = mkTest "health" {
+    server = common.server;
+    agent = healthAgent;
+  };
+
   vm-registration = mkTest "registration" {
     server = common.server;
     agent = common.agent { };

@@ -222,25 +222,30 @@ def run_cli(args: Sequence[str], env: Mapping[str, str], timeout: float = 30.0) 
 
 
 def toml_dumps(settings: dict[str, object], _table: str = "") -> str:
-    """TOML for the agent's settings (str, int, bool, list of str; tables of those, such as
-    ``[preflight]``, after the flat keys), keys sorted like pkgs.formats.toml renders them, so
-    generated and golden config files compare byte for byte."""
-    lines = []
-    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
-    for key in sorted(k for k in settings if k not in tables):
-        value = settings[key]
+    """TOML for the agent's settings (str, int, bool, list of str; tables of those after the flat
+    keys, nested ones such as ``[reboot.window]``, and lists of tables such as ``[[health.http]]``),
+    keys sorted like pkgs.formats.toml renders them, so generated and golden config files compare
+    byte for byte."""
+    def scalar(key: str, value: object) -> str:
         if isinstance(value, bool):
-            rendered = "true" if value else "false"
-        elif isinstance(value, int):
-            rendered = str(value)
-        elif isinstance(value, str):
-            rendered = json.dumps(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            rendered = "[" + ", ".join(json.dumps(v) for v in value) + "]"
-        else:
-            raise TypeError(f"config key {key}: cannot render {value!r} as flat TOML")
-        lines.append(f"{key} = {rendered}")
+            return "true" if value else "false"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        raise TypeError(f"config key {key}: cannot render {value!r} as TOML")
+
+    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
+    arrays = {k: v for k, v in settings.items()
+              if isinstance(v, list) and v and all(isinstance(e, dict) for e in v)}
+    lines = [f"{key} = {scalar(key, settings[key])}" for key in sorted(settings)
+             if key not in tables and key not in arrays]
     text = "\n".join(lines) + "\n" if lines else ""
     for key in sorted(tables):
         text += f"\n[{_table}{key}]\n" + toml_dumps(tables[key], f"{_table}{key}.")  # type: ignore[arg-type]
+    for key in sorted(arrays):
+        for entry in arrays[key]:  # type: ignore[union-attr]
+            text += f"\n[[{_table}{key}]]\n" + toml_dumps(entry, f"{_table}{key}.")
     return text

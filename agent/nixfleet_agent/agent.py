@@ -28,6 +28,7 @@ from .link.outbox import Message, Outbox
 from .privatefs import ensure_private_dir
 from .reporter import Reporter
 from .host.status import StatusStore, now_rfc3339
+from .health import confirm as health_confirm
 from .visibility.service import Visibility
 
 _log = log.get("agent")
@@ -130,6 +131,7 @@ class Agent:
 
     def _registered(self) -> None:
         self._hb_wake.set()  # first heartbeat right away, not one interval later
+        health_confirm.note_registered()  # require_reconnect: a switch waits for this
         self.status.note("last_registration", now_rfc3339())
         notice = self.repo.deprecation_notice() if self.repo is not None else None
         if notice:  # legacy configRepo: the dashboard's operator must see it, not only the journal

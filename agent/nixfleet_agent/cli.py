@@ -164,10 +164,13 @@ def _status(overrides: dict[str, str], as_json: bool) -> int:
               f"(from {_state_dir_source(overrides)}); nothing to show", file=sys.stderr)
         return 1
     state = snapshot(state_dir)
+    from .health.agentside import bad_commits, status_lines
+
+    state["bad_commits"], _ = bad_commits(state_dir)
     if as_json:
         print(json.dumps(state, indent=2, sort_keys=True, default=str))
         return 0
-    print(_human(state))
+    print("\n".join([_human(state), *status_lines(state_dir)]))
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .guard import settings as guard_settings
+from .health.settings import DISABLED as HEALTH_DISABLED, HealthSettings, parse as parse_health
 from .host.facts import default_state_dir, detect_hostname, detect_platform, is_darwin
 from .log import LEVELS
 from .kinds import LAUNCHERS
@@ -142,6 +143,7 @@ class Config:
     config_file: str = ""
     guard: guard_settings.Guard = field(default_factory=guard_settings.Guard)  # [preflight], [retention]
     visibility: visibility_settings.Settings = field(default_factory=visibility_settings.Settings)
+    health: HealthSettings = HEALTH_DISABLED
 
     @property
     def isolated(self) -> bool:
@@ -186,8 +188,9 @@ def _read_toml(path: str, problems: list[str]) -> dict[str, Any]:
         problems.append(f"config file: '{path}' is not valid TOML: {exc}")
         return {}
     for key in list(data):
-        # tables are parsed in guard/settings.py and visibility/settings.py
-        if key not in _SPECS and key not in guard_settings.TABLES and key not in visibility_settings.TABLES:
+        # tables are parsed in guard/settings.py, visibility/settings.py and health/settings.py
+        if key not in _SPECS and key not in guard_settings.TABLES and key not in visibility_settings.TABLES \
+                and key != "health":
             hint = " (the token is never read from the config file; use token_file)" if key == "token" else ""
             problems.append(f"{key} (in {path}): unknown setting{hint}")
             del data[key]
@@ -292,6 +295,8 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
     cli = dict(argv_overrides)
     config_path = cli.pop("config", None) or env.get("NIXFLEET_CONFIG", "")
     file_values = _read_toml(config_path, problems) if config_path else {}
+    health = parse_health(file_values.pop("health", None))
+    problems += [f"{p} (in {config_path})" for p in health.problems]
     src = _Sources(cli, env, file_values, config_path)
 
     values: dict[str, Any] = {}
@@ -419,6 +424,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         config_file=config_path,
         guard=guard,
         visibility=visibility,
+        health=health,
     )
 
 

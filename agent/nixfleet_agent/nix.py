@@ -84,3 +84,23 @@ def install_boot_entries(profile: str = SYSTEM_PROFILE) -> list[str]:
 def collect_garbage(*, nix_store: str = "nix-store") -> list[str]:
     """Delete every store path no root (profile generation, result link, running process) keeps."""
     return [nix_store, "--gc"]
+
+
+# ----- health gate (health/): going back to the previous generation ----------------------------------
+
+def set_profile(profile: Path | str, generation: str, *, nix_env: str = "nix-env") -> list[str]:
+    """Point ``profile`` at ``generation`` (a store path) as a new profile generation: how
+    ``nixos-rebuild`` itself sets the system profile, so the boot loader's default follows."""
+    return [nix_env, "-p", str(profile), "--set", generation]
+
+
+def restart_agent(systemctl: str, unit: str = "nixfleet-agent.service") -> list[str]:
+    """After a health rollback: the agent unit is ``restartIfChanged = false``, so an agent that
+    restarted into the bad generation (to confirm it) would keep running its configuration."""
+    return [systemctl, "try-restart", "--no-block", unit]
+
+
+def activate(generation: str, *, darwin: bool = False) -> list[str]:
+    """Activate an already built system generation: ``switch-to-configuration switch`` (NixOS),
+    ``activate`` (nix-darwin). The health gate's rollback runs :func:`set_profile` first."""
+    return [f"{generation}/activate"] if darwin else [f"{generation}/bin/switch-to-configuration", "switch"]

@@ -193,6 +193,9 @@ def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) ->
         # guard-rails (tests/nix/test_guard_options.py): on by default, root checks /boot and the store
         "preflight": {"enable": True, "boot_paths": ["/boot"], "store_path": "/nix/store", "boot_kernel_factor": 2,
                       "boot_min_free": 64 << 20, "store_min_free": 1 << 30, "switch_inhibitors": True},
+        "health": {"enable": True, "grace_period": 120, "units": [], "no_failed_units": True,
+                   "ignore_failed_units": [], "http": [], "tcp": [], "commands": [], "require_reconnect": True,
+                   "on_failure": "rollback", "allow_remote": False},
     }
 
 

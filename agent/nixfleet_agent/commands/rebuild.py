@@ -22,7 +22,8 @@ import os
 import re
 from pathlib import Path
 
-from ..guard import agentside
+from ..guard import agentside as guard
+from ..health import agentside, confirm
 from ..repo import lockupdate
 from .. import nix
 from ..ops import operations, transient
@@ -190,7 +191,12 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
         job.err(f"❌ Cannot switch: repository not ready ({why})")
         job.status("error", 1, f"repository not ready: {why}")
         return
-    if agentside.refused(job, privileged_switch(job.ctx.cfg)):  # pre-flight free space (root checks its own)
+    if guard.refused(job, privileged_switch(job.ctx.cfg)):  # pre-flight free space (root checks its own)
+        return
+    refusal = agentside.before_switch(job, repo.head())  # Home Manager's bad list (NixOS: root's)
+    if refusal:
+        job.err(f"❌ {refusal}")
+        job.status("error", 2, refusal)
         return
     job.progress("system", 0, 3, "in_progress")
     job.ctx.status.set("system", "working", "Switch in progress...")
@@ -274,11 +280,14 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     else:  # the wrapper writes our log file itself
         def emit(line: str) -> None:
             ctx.reporter.output(job.name, line, "stdout")
+    confirmer = confirm.start(job, op)  # require_reconnect: root waits for our new registration
     try:
         result = operations.follow(Path(ctx.cfg.state_dir), op, emit, ctx.stop_event,
                                    killed_by=job.tracker.sent_signal, request_path=request)
     finally:
         job.tracker.track(None)
+        if confirmer is not None:
+            confirmer.stop()
     if op.pid and op.launcher == "detached" and not op.unit:
         try:  # reap our own wrapper (it exits right after writing the result)
             os.waitpid(op.pid, 0)
@@ -308,11 +317,12 @@ def resume_operation(job: Job, op: operations.Operation) -> None:
 
 def finish_operation(job: Job, op: operations.Operation, result: Result) -> None:
     ctx = job.ctx
+    result = agentside.gate(job, op, result)  # Home Manager: checks, and rollback on failure
     label = LABELS.get(op.command, op.command)
     stopped = job.tracker.sent_signal() is not None
     restart, why = (agentpkg.restart_needed(ctx.cfg.platform, op.agent_before) if result.ok else (False, ""))
     if result.ok:
-        note = agentside.result_note(op)  # root's: boot instead of switch (inhibitors), retention
+        note = guard.result_note(op)  # root's: boot instead of switch (inhibitors), retention
         if op.action == "rollback":
             ctx.status.set("system", "ok", "Rollback successful (exit 0)")
             ctx.status.set("tests", "outdated", "Tests not run — run Test to verify system after rollback")
@@ -340,6 +350,7 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
     # The status is journaled on disk before it is queued (link/journal.py) and stays there until the
     # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
     # at once, a restart neither loses it nor reports it a second time from the record.
+    agentside.reflect(job, op, result)  # compartments say what failed; root's bad list mirrored
     operations.mark_reported(Path(ctx.cfg.state_dir), op)
     visibility_record.finish(ctx.status, op.action, op.commit, result.ok)  # issue 16: drift, metrics
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)

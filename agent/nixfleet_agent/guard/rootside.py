@@ -128,11 +128,11 @@ class RootGuard:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--nix-env", default="nix-env", help="nix-env executable (generation retention)")
+    add("--nix-env", default="nix-env", help="nix-env executable (generation retention, health rollback)")
     add("--nix-store", default="nix-store", help="nix-store executable (garbage collection)")
     add("--current-system", type=Path, default=preflight.CURRENT_SYSTEM,
         help="the running system (kernel/initrd sizes, switch inhibitors)")
-    add("--system-profile", default=cmdline.SYSTEM_PROFILE, help="the system profile whose generations are kept")
+    add("--system-profile", default=cmdline.SYSTEM_PROFILE, help="the system profile (generations kept, health rollback)")
 
 
 def load(args: argparse.Namespace, darwin: bool) -> RootGuard | str:

@@ -20,6 +20,7 @@ from ..config import Config
 from ..link import protocol
 from .metrics import Metrics
 from .status import StatusStore
+from ..health.agentside import heartbeat_fields as health_fields
 
 
 class RepoFacts(Protocol):
@@ -123,7 +124,7 @@ class Heartbeat:
             self.status.refresh_lock(self.cfg.repo_dir)
         except OSError:
             pass
-        payload = protocol.heartbeat(
+        payload = health_fields(self.cfg.state_dir) | protocol.heartbeat(
             generation=self.repo.generation(),
             nixpkgs_version=self.nixpkgs_version,
             pending_command=command,

@@ -175,6 +175,8 @@ class PrivilegedLauncher:
             request["refresh"] = True
         if op.update_lock:
             request["update_lock"] = True
+        if op.command in ("force-rebuild", "force-update"):  # health: switch a bad commit anyway
+            request["force"] = True
         write_private(self.request_path(), json.dumps(request, indent=1), durable=True)
         return None
 

@@ -36,6 +36,7 @@ from ..config import CONFIG_FILE_MAX, DEFAULT_AGENT_INPUT
 from ..repo import gitenv
 from ..guard import rootside
 from . import lockrefresh, results, source, verify
+from ..health import badlist, gate, settings as health_settings
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
 _log = log.get("privileged")
@@ -56,6 +57,11 @@ class Settings:
     keep: int = results.KEEP
     policy: verify.Policy = verify.Policy()
     guard: rootside.RootGuard = field(default_factory=rootside.RootGuard)  # pre-flight, inhibitors, retention
+    health: health_settings.HealthSettings = health_settings.DISABLED  # [health] of --config
+    confirm: Path | None = None  # the agent's confirmation file (next to the request)
+    nix_env: str = "nix-env"
+    system_profile: Path = gate.SYSTEM_PROFILE
+    health_interval: float = 2.0
 
 
 class Handler:
@@ -68,6 +74,11 @@ class Handler:
         self.env = dict(env)  # for nixos-rebuild and nix: the same git hygiene as root's own git
         self.results = results.Results(settings.out_dir, settings.keep)
         self.deployed = verify.Deployed(settings.state_dir / "deployed.json")
+        self.gate = gate.Gate(settings.health, badlist.BadList(settings.state_dir / "bad-commits.json"),
+                              settings.confirm or Path("/nonexistent/confirm.json"), profile=settings.system_profile,
+                              nix_env=settings.nix_env, systemctl=settings.systemctl, darwin=settings.darwin,
+                              interval=settings.health_interval)
+        self._op_dir = settings.out_dir
 
     def reject(self, err: RequestError, owner: int) -> int:
         _log.warn("rejected", id=err.request_id, field=err.field, error=str(err))
@@ -102,6 +113,7 @@ class Handler:
                 "error": f"id: {req.id} was already used"}, req.owner)
             _log.warn("rejected", id=req.id, field="id", error="already used")
             return REJECTED_EXIT
+        self._op_dir = op_dir
         with self.results.open_log(op_dir, req.owner) as out:
             try:
                 exit_code, error = self._execute(req, out)
@@ -115,7 +127,8 @@ class Handler:
                                   "finished_at": results.now()}
         if error:
             doc["error"] = error
-        doc.update(self.s.guard.result_fields())
+        doc.update(self.s.guard.result_fields())  # activation, inhibitors, notes (guard/rootside.py)
+        doc.update(self.gate.fields)  # health, rolled_back, failed_checks, bad_commits (health/gate.py)
         self.results.write_json(op_dir, "result.json", doc, req.owner)
         self.results.prune(req.id)
         _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
@@ -131,6 +144,7 @@ class Handler:
             return self._run(nix.reboot(darwin=self.s.darwin, systemctl=self.s.systemctl, shutdown=self.s.shutdown), out)
         self.s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.s.guard.check_space(out)  # pre-flight free space: refused before anything is fetched
+        self.gate.refuse_bad(req.commit, req.force, out)
         self.src.prepare(req.commit, stream)
         if self.s.policy.enabled:
             signer = verify.check_signature(self.src.path, self.src.env, req.commit, self.s.policy,
@@ -148,7 +162,20 @@ class Handler:
             what = "lock refreshed by root" if build != req.commit else "lock unchanged"
             out.write(f"nixfleet-agent-privileged: building {build} ({what})\n".encode())
         flake = self.src.flake_ref(build, self.s.flake_attr, ref)
-        code, error = self.s.guard.rebuild(self.s.nixos_rebuild, req.action, flake, req.refresh, out, self._run, self.env)
+        rebuild = nix.rebuild([self.s.nixos_rebuild], req.action, flake, refresh=req.refresh)
+
+        def run(argv: list[str]) -> tuple[int, str]:
+            # the gate's activation step is the guard's rebuild (it may turn switch into boot and
+            # keeps generations after it); the gate's own rollback steps run as they are
+            if argv == rebuild:
+                return self.s.guard.rebuild(self.s.nixos_rebuild, req.action, flake, req.refresh, out, self._run,
+                                            self.env)
+            return self._run(argv, out)
+
+        code, error = self.gate.switch(
+            req.commit, req.id, req.owner, rebuild, run, out,
+            lambda doc: self.results.write_json(self._op_dir, "health.json", doc, req.owner),
+            activated=lambda: self.s.guard.result_fields().get("activation") != "boot")
         if code == 0:
             self.deployed.record(req.commit, build, req.action, results.now())
         return code, error
@@ -227,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--systemctl", default="systemctl", help="systemctl executable (reboot on NixOS)")
     add("--shutdown", default="/sbin/shutdown", help="shutdown executable (reboot on nix-darwin)")
     add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
+    add("--health-interval", type=float, default=2.0, help=argparse.SUPPRESS)  # tests: seconds between rounds
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
     add("--log-level", default="info", choices=sorted(log.LEVELS))
@@ -262,6 +290,9 @@ def _apply_config(args: argparse.Namespace) -> str | None:
             return str(exc)
         except tomllib.TOMLDecodeError as exc:
             return f"cannot read {args.config}: {exc}"
+        args.health = health_settings.parse(doc.get("health"))
+        if args.health.problems:
+            return "; ".join(args.health.problems)
         if args.repo_url is None and args.legacy_repo is None:
             if doc.get("repo_url"):
                 args.repo_url = str(doc["repo_url"])
@@ -303,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
                         darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
-                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
+                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen),
+                        health=getattr(args, "health", health_settings.DISABLED), confirm=args.request.parent / "confirm.json",
+                        nix_env=args.nix_env, system_profile=Path(args.system_profile), health_interval=args.health_interval)
     guard = rootside.load(args, darwin=settings.darwin)
     if isinstance(guard, str):
         return _unconfigured(args, guard)

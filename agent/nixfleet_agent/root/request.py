@@ -25,7 +25,7 @@ from ..names import HOSTNAME_RE, HOSTNAME_RULE, valid_id
 # and anything else stay out of reach of the agent.
 ACTIONS: tuple[str, ...] = (Action.SWITCH, Action.ROLLBACK, Action.REBOOT)
 BUILD_ACTIONS: tuple[str, ...] = (Action.SWITCH,)
-FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock")
+FIELDS = ("id", "action", "commit", "flake_attr", "refresh", "update_lock", "force")
 MAX_REQUEST_BYTES = 4096
 REJECTED_EXIT = 2
 
@@ -50,6 +50,7 @@ class Request:
     flake_attr: str
     refresh: bool = False
     update_lock: bool = False  # force-update: root refreshes the agent's input in the lock itself
+    force: bool = False  # switch a commit on the health bad list anyway (health/badlist.py)
     owner: int = 0  # uid that wrote the request: its results are given to that uid, nobody else
 
     def by(self, owner: int) -> Request:
@@ -197,14 +198,15 @@ def parse_request(data: bytes) -> Request:
     if not isinstance(attr, str) or ((needs_build or attr) and not HOSTNAME_RE.fullmatch(attr)):
         raise RequestError("flake_attr", f"must be {HOSTNAME_RULE} (got {_show(attr)})", request_id, action)
     flags = {}
-    for name in ("refresh", "update_lock"):
+    for name in ("refresh", "update_lock", "force"):
         value = doc.get(name, False)
         if not isinstance(value, bool):
             raise RequestError(name, f"must be true or false (got {_show(value)})", request_id, action)
         flags[name] = value
-    if flags["update_lock"] and not needs_build:
-        raise RequestError("update_lock", f"only for {', '.join(BUILD_ACTIONS)} (got action {action})",
-                           request_id, action)
+    for name in ("update_lock", "force"):
+        if flags[name] and not needs_build:
+            raise RequestError(name, f"only for {', '.join(BUILD_ACTIONS)} (got action {action})",
+                               request_id, action)
     return Request(id=request_id, action=action, commit=commit, flake_attr=attr, **flags)
 
 

@@ -67,6 +67,7 @@ def install(
     rel = wheel_host.relative_to(exchange_host)
     agentwheel.install(box, f"{exchange_inside}/{rel}")
     box.write_file(units.SHIM_PATH, units.SHIM_SOURCE.read_text(), mode=0o755)
+    box.write_file(units.NIX_ENV_SHIM_PATH, (units.SHIM_SOURCE.parent / "nix-env").read_text(), mode=0o755)
     box.write_file("/etc/nixfleet-test/rebuild-seconds", "0\n")
     # root builds the toplevel first to compare its switch inhibitors (guard/rootside.py)
     for tool in units.NIX_TOOLS:

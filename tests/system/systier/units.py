@@ -25,8 +25,9 @@ GOLDEN_DIR = REPO_ROOT / "tests" / "golden" / "nixos"
 SHIM_SOURCE = Path(__file__).resolve().parents[1] / "files" / "nixos-rebuild"
 
 SHIM_PATH = "/usr/local/sbin/nixos-rebuild"
-NIX_TOOLS_SOURCE = SHIM_SOURCE.with_name("nix-tools")  # nix, nix-env, nix-store stand-ins
+NIX_TOOLS_SOURCE = SHIM_SOURCE.with_name("nix-tools")  # nix, nix-env, nix-store stand-ins (/usr/local/bin)
 NIX_TOOLS = ("nix", "nix-env", "nix-store")
+NIX_ENV_SHIM_PATH = "/usr/local/sbin/nix-env"  # files/nix-env: --set for the health gate, else nix-tools
 CONFIG_PATH = "/etc/nixfleet-agent/config.toml"
 AGENT_EXES = ("nixfleet-agent", "nixfleet-agent-privileged")
 UNIT_SUFFIXES = (".service", ".path", ".socket", ".timer")
@@ -62,6 +63,8 @@ def adapt(text: str, unit: str, exists: Callable[[str], bool]) -> str:
             return f"{VENV_DIR}/bin/{exe}"
         if exe == "nixos-rebuild":
             return SHIM_PATH
+        if exe == "nix-env":  # the health gate's rollback sets the system profile with it
+            return NIX_ENV_SHIM_PATH
         if name.endswith(".toml") and not rest:
             return CONFIG_PATH
         if exe:
