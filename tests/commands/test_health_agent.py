@@ -162,9 +162,23 @@ def _hm_config(tmp_path: Path, check: str, reconnect: bool) -> str:
     return str(config)
 
 
+def _counters(metrics: Path) -> dict[str, float]:
+    """The health counters of the agent's Prometheus text file, read by prometheus_client's parser."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    try:
+        text = (metrics / "nixfleet_agent.prom").read_text()
+    except FileNotFoundError:
+        return {}
+    return {s.name: s.value for f in parser.text_string_to_metric_families(text) for s in f.samples
+            if s.name in ("nixfleet_agent_health_check_failures_total", "nixfleet_agent_rollbacks_total")}
+
+
 def test_home_manager_rolls_back_to_the_previous_generation_by_number(session, tmp_path: Path) -> None:
     _hm_generations(tmp_path, session.shims, 11)
-    session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=_hm_config(tmp_path, "exit 3", False))
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    session.start(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=_hm_config(tmp_path, "exit 3", False),
+                  NIXFLEET_METRICS_TEXTFILE_DIRECTORY=str(metrics))
     state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
     status, records = session.run("switch", timeout=30)
     assert status["status"] == "error", status
@@ -172,6 +186,9 @@ def test_home_manager_rolls_back_to_the_previous_generation_by_number(session, t
                                              "Manager generation 10;"), status
     assert (session.shims.dir / "activated").read_text().split() == ["10"]  # by name, 9 would be "previous"
     assert "Activating generation 10" in session.lines(records)
+    wait_for(lambda: _counters(metrics) == {"nixfleet_agent_health_check_failures_total": 1.0,
+                                            "nixfleet_agent_rollbacks_total": 1.0}, 15,
+             "the metrics file to count the failed check and the rollback")
     head = git(state / "repo", "rev-parse", "HEAD")
     status, _ = session.run("switch", timeout=30)  # refused by the agent itself: nothing activated
     assert status["exit_code"] == 2 and str(status["message"]).startswith(f"commit {head} failed its health checks")

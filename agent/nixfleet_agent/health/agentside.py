@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..ops.runner import Result
+from ..visibility import record
 from . import badlist, confirm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,6 +136,10 @@ def reflect(job: Job, op: Operation, result: Result) -> None:
         outcome = "failed"
     if outcome != "failed":
         return
+    failed = fields.get("failed_checks")
+    record.note_health_failure(len(failed) if isinstance(failed, list) and failed else 1)  # metrics counters
+    if fields.get("rolled_back") is True or (_hm(job) and "; rolled back to " in (result.start_error or "")):
+        record.note_rollback()
     text = result.start_error or "health checks failed"
     job.ctx.status.set("system", "error", text[:500])
     job.ctx.status.set("tests", "error", "Health checks failed: " + text.removeprefix("health: ").split("; ")[0][:300])

@@ -9,6 +9,7 @@ network, loopback) serves the host-side bare repo through the exchange bind moun
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -66,6 +67,10 @@ class FleetRepo:
         return self.exchange / "fleet-work"
 
     def create(self) -> str:
+        """A fresh repository: several test modules share the session's exchange directory and each
+        starts from its own history (a leftover one made `git remote add` fail)."""
+        for old in (self.bare, self.work):
+            shutil.rmtree(old, ignore_errors=True)
         self.bare.parent.mkdir(parents=True, exist_ok=True)
         _git("init", "--quiet", "--bare", f"--initial-branch={self.branch}", str(self.bare))
         _git("init", "--quiet", f"--initial-branch={self.branch}", str(self.work))
