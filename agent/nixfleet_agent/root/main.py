@@ -34,7 +34,7 @@ from typing import BinaryIO
 from ..repo import gitenv
 from .. import log, nix
 from ..config import DEFAULT_AGENT_INPUT
-from . import lockrefresh, results, source, verify
+from . import lifecycle, lockrefresh, results, source, verify, watch
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
 _log = log.get("privileged")
@@ -54,6 +54,8 @@ class Settings:
     agent_input: str = DEFAULT_AGENT_INPUT
     keep: int = results.KEEP
     policy: verify.Policy = verify.Policy()
+    timeout: float = watch.DEFAULT_TIMEOUT  # overall deadline of one run (trusted config, never the request)
+    cancel_path: Path | None = None  # <request dir>/cancel.json: the agent's stop/kill (watch.py)
 
 
 class Handler:
@@ -66,6 +68,7 @@ class Handler:
         self.env = dict(env)  # for nixos-rebuild and nix: the same git hygiene as root's own git
         self.results = results.Results(settings.out_dir, settings.keep)
         self.deployed = verify.Deployed(settings.state_dir / "deployed.json")
+        self.watch: watch.Watch | None = None
 
     def reject(self, err: RequestError, owner: int) -> int:
         _log.warn("rejected", id=err.request_id, field=err.field, error=str(err))
@@ -94,13 +97,19 @@ class Handler:
                 "error": f"id: {req.id} was already used"}, req.owner)
             _log.warn("rejected", id=req.id, field="id", error="already used")
             return REJECTED_EXIT
+        self.watch = watch.Watch(req.id, self.s.cancel_path, self.s.timeout)
+        lifecycle.begin(self.results, op_dir, req, self.s.state_dir, self.s.timeout)
         with self.results.open_log(op_dir, req.owner) as out:
             try:
+                self.watch.check()  # a stop/kill that came before root picked the request up
                 exit_code, error = self._execute(req, out)
             except source.Refusal as refusal:
                 exit_code, error = REJECTED_EXIT, str(refusal)
                 out.write(f"nixfleet-agent-privileged: refused: {refusal}\n".encode())
                 _log.warn("refused", id=req.id, rule=refusal.rule, commit=req.commit, error=error)
+            except watch.Ended as ended:
+                exit_code, error = ended.exit_code, str(ended)
+                out.write(f"nixfleet-agent-privileged: {ended}\n".encode())
         if self.s.darwin and exit_code not in (0, REJECTED_EXIT) and not error:
             error = _user_agent_abort(op_dir / "output.log")
         doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
@@ -108,6 +117,7 @@ class Handler:
         if error:
             doc["error"] = error
         self.results.write_json(op_dir, "result.json", doc, req.owner)
+        lifecycle.end(self.s.state_dir)
         self.results.prune(req.id)
         _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
         return 0 if exit_code == 0 else 1
@@ -150,7 +160,11 @@ class Handler:
 
     def _spawn(self, argv: Sequence[str], env: Mapping[str, str], out: BinaryIO,
                cwd: Path | None = None) -> tuple[int, str]:
-        """Run with output going straight to the log file: streamed, nothing buffered here."""
+        """Run with output going straight to the log file: streamed, nothing buffered here; ended
+        (``watch.Ended``) at the deadline or on the agent's cancel, which is also checked before
+        each step starts."""
+        if self.watch is not None:
+            self.watch.check()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=dict(env), cwd=str(cwd or "/"), start_new_session=True)
@@ -158,7 +172,7 @@ class Handler:
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
             out.write(f"nixfleet-agent-privileged: {message}\n".encode())
             return 127, message
-        code = proc.wait()
+        code = self.watch.wait(proc) if self.watch is not None else proc.wait()
         return (128 - code, "") if code < 0 else (code, "")
 
 
@@ -219,6 +233,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
+    add("--timeout", type=int, help="seconds one run may take before root ends it (default "
+                                    f"{watch.DEFAULT_TIMEOUT}; privileged_timeout in --config)")
+    add("--finalize", action="store_true", help="ExecStopPost=: write the result the main run left out, if any")
     add("--log-level", default="info", choices=sorted(log.LEVELS))
     return parser
 
@@ -230,7 +247,7 @@ def _bad(option: str, error: str) -> int:
 
 # TOML key -> option, for --config; the module renders these from the same options the agent uses
 _FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
-                "agent_input": "agent_input", "known_hosts_file": "known_hosts"}
+                "agent_input": "agent_input", "known_hosts_file": "known_hosts", "privileged_timeout": "timeout"}
 _DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": DEFAULT_AGENT_INPUT}
 
 
@@ -256,7 +273,8 @@ def _apply_config(args: argparse.Namespace) -> str | None:
         for key, name in _FROM_CONFIG.items():
             if key in ("repo_url", "config_repo") or getattr(args, name) is not None or not doc.get(key):
                 continue
-            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else str(doc[key]))
+            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else
+                    doc[key] if name == "timeout" else str(doc[key]))
     for name, value in _DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -269,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.setup(args.log_level)
     os.umask(0o077)
+    if args.finalize:
+        if not (args.out_dir.is_absolute() and (args.state_dir is None or args.state_dir.is_absolute())):
+            return _bad("out-dir", "must be an absolute path")
+        return lifecycle.finalize(args.out_dir, args.state_dir or args.out_dir.parent / "root", os.environ)
     problem = _apply_config(args)
     if problem:
         return _unconfigured(args, problem)
@@ -278,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
             return _bad(name.replace("_", "-"), "must be an absolute path")
+    timeout = watch.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    if type(timeout) is not int or timeout < 1:
+        return _unconfigured(args, f"privileged_timeout: must be a positive number of seconds (got {timeout!r})")
     if not _BRANCH.fullmatch(args.branch) or args.branch.startswith(("-", "/")) or ".." in args.branch:
         return _bad("branch", f"not a branch name: {args.branch!r}")
     state_dir = args.state_dir or args.out_dir.parent / "root"
@@ -289,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
                         darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,
                         agent_input=args.agent_input, keep=args.keep,
-                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen))
+                        policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen),
+                        timeout=timeout, cancel_path=args.request.parent / "cancel.json")
     try:
         src = _source(args, state_dir)
     except gitenv.KeyFileError as exc:
