@@ -76,7 +76,7 @@ class Agent:
     # -- construction of the optional parts ------------------------------------------------------
     def _make_repo(self) -> Any | None:
         try:
-            module = _optional_module("repo")
+            module = _optional_module("repo.clone")
         except Exception as exc:  # noqa: BLE001
             _log.error("repo_module_broken", error=f"{type(exc).__name__}: {exc}"[:300])
             module = None

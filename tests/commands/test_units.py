@@ -148,3 +148,15 @@ def test_restart_decision_follows_the_service_definition(tmp_path: Path, monkeyp
     unit.unlink()
     unit.symlink_to(new_unit)  # what switch-to-configuration does to /etc/systemd/system
     assert agentpkg.restart_needed("nixos", before) == (True, "the agent's service definition changed")
+
+
+def test_code_hash_covers_the_whole_package_not_the_module_s_own_group() -> None:
+    """freshness lives in host/; its hash must still cover cli.py, link/, ops/ and the build facts
+    (after the regroup it covered host/ only, so a changed session.py looked unchanged)."""
+    import nixfleet_agent
+    from nixfleet_agent.host import freshness
+
+    pkg = Path(nixfleet_agent.__file__).resolve().parent
+    assert freshness.package_dir() == pkg
+    assert (freshness.package_dir() / "cli.py").is_file()
+    assert (freshness.package_dir() / "link" / "session.py").is_file()

@@ -11,7 +11,7 @@ import hashlib
 from functools import cache
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the nixfleet_agent package, not host/
 
 
 def package_dir() -> Path:
