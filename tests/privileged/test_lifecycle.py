@@ -22,9 +22,12 @@ import pytest
 from root_support import ID, Host
 from support import wait_for
 
+import nixfleet_agent
 from nixfleet_agent.root import watch
 
-AGENT = Path(__file__).resolve().parents[2] / "agent"
+# where this test process imports the package from (the source tree, or the installed package in
+# the nixpkgs check phase): the root program as a process must run the same code
+AGENT = Path(nixfleet_agent.__file__).resolve().parents[1]
 
 # A slow build: records its pid and a background grandchild's, says so, then waits. With
 # SHIM_IGNORE_TERM set the whole group ignores SIGTERM, so only SIGKILL ends it.
@@ -47,12 +50,16 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     return host
 
 
+def _pythonpath() -> str:
+    return os.pathsep.join(filter(None, [str(AGENT), os.environ.get("PYTHONPATH")]))
+
+
 class RootRun:
     """One run of the root program as its own process, the way the unit starts it."""
 
     def __init__(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
         self.host = host
-        full = dict(os.environ, PYTHONPATH=str(AGENT), **(env or {}))
+        full = dict(os.environ, PYTHONPATH=_pythonpath(), **(env or {}))
         self.proc = subprocess.Popen([sys.executable, "-m", "nixfleet_agent.root", *host.argv(), *extra],
                                      env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -137,7 +144,7 @@ def test_a_finished_run_leaves_nothing_for_finalize(host: Host) -> None:
 
 
 def RootRunFinalize(host: Host, **env: str) -> int:  # noqa: N802 - reads like the unit line
-    full = dict(os.environ, PYTHONPATH=str(AGENT), **env)
+    full = dict(os.environ, PYTHONPATH=_pythonpath(), **env)
     return subprocess.run([sys.executable, "-m", "nixfleet_agent.root", *host.argv(), "--finalize"], env=full,
                           capture_output=True, timeout=60, check=False).returncode
 

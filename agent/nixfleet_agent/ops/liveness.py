@@ -33,5 +33,9 @@ def unit_state(unit: str = PRIVILEGED_UNIT) -> dict[str, str] | None:
     return state if "ActiveState" in state else None
 
 
+def running(state: dict[str, str] | None) -> bool:
+    return state is not None and state.get("ActiveState", "") in RUNNING_STATES
+
+
 def ended(state: dict[str, str] | None) -> bool:
     return state is not None and state.get("ActiveState", "") not in RUNNING_STATES

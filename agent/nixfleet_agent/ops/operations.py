@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import log as logmod
-from . import liveness
+from . import liveness, rootwatch
 from .journal import Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, unreported, valid_id
 from ..privatefs import ensure_private_dir, write_private
 from .runner import CHUNK, LineSplitter, Result, child_env
@@ -216,6 +216,7 @@ def follow(
     stop_event: threading.Event,
     killed_by: Callable[[], int | None] = lambda: None,
     request_path: Path | None = None,
+    timeout: float = rootwatch.DEFAULT_TIMEOUT,
 ) -> Result | None:
     """Stream the operation's log via ``emit`` until its result exists and the log is drained.
 
@@ -232,6 +233,8 @@ def follow(
     fh = None
     waited_since = time.monotonic()
     checked_at, dead = time.monotonic(), 0
+    root = (rootwatch.RootWatch(state_dir, op, timeout, killed_by)
+            if op.launcher == "privileged" and request_path is not None else None)
     try:
         while True:
             if fh is None and not unreadable:
@@ -300,6 +303,11 @@ def follow(
                     return Result(exit_code=1, start_error=(
                         f"the privileged unit {liveness.PRIVILEGED_UNIT} ended without a result "
                         f"(ActiveState={state.get('ActiveState')}, Result={state.get('Result', '?')})"))
+            ended = root.poll() if root is not None else None
+            if ended is not None and read_result(result_path) is None:  # started marker, cancel, deadline
+                splitter.close()
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
+                return ended
             if stop_event.wait(FOLLOW_TICK):
                 save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return None
