@@ -48,6 +48,26 @@ let
 
   # The flake attribute the privileged side accepts (and the dashboard's host id).
   validAttr = cfg.hostname != null && builtins.match "[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}" cfg.hostname != null;
+
+  # The root program's command line: ExecStart= runs a request, ExecStopPost= (--finalize)
+  # gives an accepted request the result its run left out.
+  rootArgs = [
+    (lib.getExe' cfg.package "nixfleet-agent-privileged")
+    "--config ${configFile}"
+    "--request ${stateDir}/privileged/request.json"
+    "--out-dir ${privilegedDir}/results"
+    "--state-dir ${privilegedDir}/root"
+    "--keep ${toString cfg.privileged.keepResults}"
+    "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
+    "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+  ]
+  # "${...}" copies a path literal into the store: public keys, readable by anyone
+  ++ lib.optional (
+    cfg.privileged.allowedSignersFile != null
+  ) "--allowed-signers ${cfg.privileged.allowedSignersFile}"
+  ++ lib.optional (
+    cfg.privileged.openpgpKeysFile != null
+  ) "--openpgp-keys ${cfg.privileged.openpgpKeysFile}";
 in
 {
   options.services.nixfleet-agent = shared.options // shared.nixosOptions // {
@@ -89,6 +109,8 @@ in
       # switches go through the root unit below, never through the agent's own children
       switch_launcher = "privileged";
       privileged_dir = "${privilegedDir}/results";
+      # root's deadline for one request (read from this file by root) and the agent's, a bit later
+      privileged_timeout = cfg.privileged.timeout;
     };
 
     systemd.services.nixfleet-agent = {
@@ -231,26 +253,14 @@ in
       serviceConfig = {
         Type = "oneshot";
         # What to fetch and build (repo_url or config_repo, branch, hostname, agent_input,
-        # known_hosts_file) comes from the agent's TOML in the store, never from the agent.
-        ExecStart = lib.concatStringsSep " " (
-          [
-            (lib.getExe' cfg.package "nixfleet-agent-privileged")
-            "--config ${configFile}"
-            "--request ${stateDir}/privileged/request.json"
-            "--out-dir ${privilegedDir}/results"
-            "--state-dir ${privilegedDir}/root"
-            "--keep ${toString cfg.privileged.keepResults}"
-            "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
-            "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
-          ]
-          # "${...}" copies a path literal into the store: public keys, readable by anyone
-          ++ lib.optional (
-            cfg.privileged.allowedSignersFile != null
-          ) "--allowed-signers ${cfg.privileged.allowedSignersFile}"
-          ++ lib.optional (
-            cfg.privileged.openpgpKeysFile != null
-          ) "--openpgp-keys ${cfg.privileged.openpgpKeysFile}"
-        );
+        # known_hosts_file, privileged_timeout) comes from the agent's TOML in the store, never
+        # from the agent.
+        ExecStart = lib.concatStringsSep " " rootArgs;
+        # However the run ended (killed, crashed, failed early): a request root accepted gets a
+        # result.json naming $SERVICE_RESULT/$EXIT_CODE/$EXIT_STATUS if the run left none.
+        ExecStopPost = lib.concatStringsSep " " (rootArgs ++ [ "--finalize" ]);
+        # systemd's own backstop behind root's deadline (which ends the rebuild itself first)
+        TimeoutStartSec = cfg.privileged.timeout + 300;
         # results/ and its request directories are 0711: the agent reaches the files meant
         # for it (0600, its uid) by name; nobody can list them; root/ (clone, state) is 0700
         StateDirectory = "nixfleet-agent-privileged";
