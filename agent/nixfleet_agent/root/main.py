@@ -15,6 +15,8 @@ The order of trust, for a build (``switch``):
 A refusal at any step is written to the request's ``result.json`` as ``"<rule>: <why>"`` (exit
 code 2), which the agent reports as the command's error. Rollback and reboot build nothing.
 Results are for the requesting uid only (``results``) and pruned to the newest ``--keep``.
+Every accepted request ends with a result: a started marker and ``--finalize`` for a run that
+was killed (``lifecycle``), the overall deadline and the agent's cancel request (``watch``).
 """
 
 from __future__ import annotations
