@@ -68,9 +68,15 @@ class RootRun:
         return self.proc.returncode, err.decode()
 
     def kill(self) -> None:
+        """Teardown: the root run and the build group it started (a killed root leaves it behind,
+        as it would under systemd without the unit's control-group kill)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        try:
+            os.killpg(int((self.host.tmp / "pids").read_text().split()[0]), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
 
 
 @pytest.fixture
