@@ -229,6 +229,8 @@ in
           # switches go through the root daemon, never through the agent's own children
           switch_launcher = "privileged";
           privileged_dir = "${privilegedDir}/results";
+          # root's deadline for one request (root reads it from this file) and the agent's
+          privileged_timeout = cfg.privileged.timeout;
           # launchd's KeepAlive starts the agent again after any exit
           restart_exit_code = 0;
         }

@@ -54,6 +54,27 @@ let
 
   # The EFI system partition the boot loader writes to (pre-flight checks its free space).
   efiMountPoint = config.boot.loader.efi.efiSysMountPoint or null;
+
+  # The root program's command line: ExecStart= runs a request, ExecStopPost= (--finalize)
+  # gives an accepted request the result its run left out.
+  rootArgs = [
+    (lib.getExe' cfg.package "nixfleet-agent-privileged")
+    "--config ${configFile}"
+    "--request ${stateDir}/privileged/request.json"
+    "--out-dir ${privilegedDir}/results"
+    "--state-dir ${privilegedDir}/root"
+    "--keep ${toString cfg.privileged.keepResults}"
+    "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
+    "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
+    "--nix-env ${lib.getExe' config.nix.package "nix-env"}"
+  ]
+  # "${...}" copies a path literal into the store: public keys, readable by anyone
+  ++ lib.optional (
+    cfg.privileged.allowedSignersFile != null
+  ) "--allowed-signers ${cfg.privileged.allowedSignersFile}"
+  ++ lib.optional (
+    cfg.privileged.openpgpKeysFile != null
+  ) "--openpgp-keys ${cfg.privileged.openpgpKeysFile}";
 in
 {
   options.services.nixfleet-agent = shared.options // shared.nixosOptions // {
@@ -101,6 +122,8 @@ in
         # switches go through the root unit below, never through the agent's own children
         switch_launcher = "privileged";
         privileged_dir = "${privilegedDir}/results";
+        # root's deadline for one request (read from this file by root) and the agent's, a bit later
+        privileged_timeout = cfg.privileged.timeout;
       }
       # guard-rails: root checks /boot and the ESP (found below /boot at run time as well)
       // shared.preflightSettings cfg (
@@ -257,27 +280,14 @@ in
       serviceConfig = {
         Type = "oneshot";
         # What to fetch and build (repo_url or config_repo, branch, hostname, agent_input,
-        # known_hosts_file) comes from the agent's TOML in the store, never from the agent.
-        ExecStart = lib.concatStringsSep " " (
-          [
-            (lib.getExe' cfg.package "nixfleet-agent-privileged")
-            "--config ${configFile}"
-            "--request ${stateDir}/privileged/request.json"
-            "--out-dir ${privilegedDir}/results"
-            "--state-dir ${privilegedDir}/root"
-            "--keep ${toString cfg.privileged.keepResults}"
-            "--nixos-rebuild ${lib.getExe cfg.nixosRebuildPackage}"
-            "--systemctl ${lib.getExe' config.systemd.package "systemctl"}"
-            "--nix-env ${lib.getExe' config.nix.package "nix-env"}"
-          ]
-          # "${...}" copies a path literal into the store: public keys, readable by anyone
-          ++ lib.optional (
-            cfg.privileged.allowedSignersFile != null
-          ) "--allowed-signers ${cfg.privileged.allowedSignersFile}"
-          ++ lib.optional (
-            cfg.privileged.openpgpKeysFile != null
-          ) "--openpgp-keys ${cfg.privileged.openpgpKeysFile}"
-        );
+        # known_hosts_file, privileged_timeout) comes from the agent's TOML in the store, never
+        # from the agent.
+        ExecStart = lib.concatStringsSep " " rootArgs;
+        # However the run ended (killed, crashed, failed early): a request root accepted gets a
+        # result.json naming $SERVICE_RESULT/$EXIT_CODE/$EXIT_STATUS if the run left none.
+        ExecStopPost = lib.concatStringsSep " " (rootArgs ++ [ "--finalize" ]);
+        # systemd's own backstop behind root's deadline (which ends the rebuild itself first)
+        TimeoutStartSec = cfg.privileged.timeout + 300;
         # results/ and its request directories are 0711: the agent reaches the files meant
         # for it (0600, its uid) by name; nobody can list them; root/ (clone, state) is 0700
         StateDirectory = "nixfleet-agent-privileged";

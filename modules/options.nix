@@ -511,6 +511,19 @@ in
         default = 20;
         description = "Number of per-request result directories (build logs) the privileged unit keeps.";
       };
+
+      timeout = mkOption {
+        type = types.ints.between 60 604800;
+        default = 7200;
+        example = 14400;
+        description = ''
+          Seconds one privileged request (a switch: fetch, checks, `nixos-rebuild`) may take. At
+          this deadline root ends the rebuild's process group (SIGTERM, then SIGKILL) and answers
+          with an error saying so; the agent stops waiting 300 s later even if root never
+          answers. Rendered into the agent's TOML as `privileged_timeout`, which root reads from
+          that root-owned file, never from the agent's request.
+        '';
+      };
     };
 
     # Generation retention after a successful switch (docs/guard-rails.md), rendered into `[retention]`.

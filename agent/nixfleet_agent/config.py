@@ -97,6 +97,7 @@ _SPECS: dict[str, tuple[str, str, tuple[int, int] | None]] = {
     "stop_grace": ("NIXFLEET_STOP_GRACE", "int", (0, 600)),
     "restart_exit_code": ("NIXFLEET_RESTART_EXIT_CODE", "int", (0, 255)),
     "op_log_max_mb": ("NIXFLEET_OP_LOG_MAX_MB", "int", (1, 10240)),
+    "privileged_timeout": ("NIXFLEET_PRIVILEGED_TIMEOUT", "int", (1, 604800)),  # root reads it too
 }
 ENV_VARS = {key: spec[0] for key, spec in _SPECS.items()}
 _UNITS = {"outbox_max": "messages", "op_log_max_mb": "MiB", "update_attempts": "attempts",
@@ -140,6 +141,7 @@ class Config:
     stop_grace: int = 3
     restart_exit_code: int = 101
     op_log_max_mb: int = 50  # each operation log is cut here (a visible marker), 20 are kept
+    privileged_timeout: int = 7200  # seconds: root ends a privileged run then; the agent waits a bit longer
     config_file: str = ""
     guard: guard_settings.Guard = field(default_factory=guard_settings.Guard)  # [preflight], [retention]
     visibility: visibility_settings.Settings = field(default_factory=visibility_settings.Settings)
@@ -421,6 +423,7 @@ def load(argv_overrides: Mapping[str, str], env: Mapping[str, str]) -> Config:
         stop_grace=values.get("stop_grace", 3),
         restart_exit_code=values.get("restart_exit_code", 0 if is_darwin() else 101),
         op_log_max_mb=values.get("op_log_max_mb", 50),
+        privileged_timeout=values.get("privileged_timeout", 7200),
         config_file=config_path,
         guard=guard,
         visibility=visibility,

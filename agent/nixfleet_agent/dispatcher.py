@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from . import log as logmod
-from .ops import operations
+from .ops import operations, rootwatch
 from .commands import Context, Job
 from .controlqueue import ControlQueue
 
@@ -53,6 +53,7 @@ class Dispatcher:
         self._current: str | None = None
         self._pid: int | None = None
         self._detached = False  # the tracked PID is a detached operation (survives agent shutdown)
+        self._root_op: str | None = None  # the id of the privileged operation root runs for the job
         self._cancel = False
         self._signal: int | None = None  # the last signal *we* sent to the current job
         self._job: Job | None = None
@@ -112,54 +113,64 @@ class Dispatcher:
                              lambda: self._guard("kill", lambda _ctx: self._kill(signal_name, pid)))
 
     def _kill(self, signal_name: str, pid: int) -> None:
+        """``kill``/``kill_command``: the one cancel path, reported as output lines (upstream)."""
         with self._lock:
-            current, tracked, detached = self._current, self._pid, self._detached
+            current, tracked = self._current, self._pid
         say = self._say_for(current or "kill")
-        target = pid or tracked
-        if not target:
-            say(f"⚠️ {current} runs in the privileged root unit; the agent cannot signal it" if detached
-                else "⚠️ No command running to kill")
-            return
-        if pid and pid != tracked:
-            say(f"❌ Refusing to kill PID {pid}: it is not the running command (PID {tracked or 'none'})")
-            return
-        say(f"⚠️ Received kill command: {signal_name} (PID {target})")
-        if signal_name == "SIGKILL":
-            self._send(target, signal.SIGKILL)
-            say("✓ SIGKILL sent")
-        elif signal_name == "SIGTERM":
-            error = self._send(target, signal.SIGTERM)
-            if error:
-                say(f"❌ Failed to send SIGTERM: {error}")
-                return
-            say("✓ SIGTERM sent, waiting for process to terminate...")
-            self._escalate(target, KILL_GRACE, lambda: say("⚠️ Process didn't terminate, sending SIGKILL..."))
-        else:
+        signum = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}.get(signal_name)
+        if signum is None:
             say(f"❌ Unknown signal: {signal_name}")
+            return
+        ok, message = self.cancel(signum, KILL_GRACE, pid, lambda: say("⚠️ Process didn't terminate, sending SIGKILL..."))
+        if current is None:
+            say("⚠️ No command running to kill")
+        elif not ok:
+            say(f"❌ {message}")
+        else:
+            say(f"⚠️ Received kill command: {signal_name}" + (f" (PID {tracked})" if tracked else ""))
+            say(f"✓ {message}")
 
     def stop(self) -> None:
-        with self._lock:
-            current, pid, detached = self._current, self._pid, self._detached
-            if current is not None and pid is None and not detached:
-                self._cancel = True  # between steps: the job's next child is not started
-                self._signal = signal.SIGTERM
-        reporter = self.ctx.reporter
-        if current is None:
-            reporter.status("stop", "error", 1, "no command running")
-            return
-        if pid is None and detached:
-            reporter.status("stop", "error", 1, f"{current} runs in the privileged root unit and cannot be stopped")
-            return
-        if pid is None:
-            reporter.status("stop", "ok", 0, f"stop requested: {current} stops before its next step")
-            return
-        error = self._send(pid, signal.SIGTERM)
-        if error:
-            reporter.status("stop", "error", 1, f"failed to terminate: {error}")
-            return
         grace = float(getattr(self.ctx.cfg, "stop_grace", 3))
-        self._escalate(pid, grace, lambda: None)
-        reporter.status("stop", "ok", 0, f"sent SIGTERM to {current} (PID {pid}); SIGKILL after {grace:g}s")
+        ok, message = self.cancel(signal.SIGTERM, grace)
+        self.ctx.reporter.status("stop", "ok" if ok else "error", 0 if ok else 1, message)
+
+    def cancel(self, signum: int, grace: float, pid: int = 0,
+               announce: Callable[[], None] = lambda: None) -> tuple[bool, str]:
+        """The one cancel path of ``stop`` and ``kill``: (done, what was done or why not).
+
+        It knows the three things a command can be doing: running an attached child or a detached
+        switch (a PID: its process group gets ``signum``, SIGTERM escalating to SIGKILL after
+        ``grace``), being between two steps (the next one is not started), or following a
+        privileged operation root runs (root is asked through ``cancel.json`` to end it)."""
+        with self._lock:
+            current, tracked, root_op = self._current, self._pid, self._root_op
+            if current is None:
+                return False, "no command running"
+            if pid and pid != tracked:
+                return False, f"Refusing to kill PID {pid}: it is not the running command (PID {tracked or 'none'})"
+            if tracked is None and root_op is None:
+                self._cancel = True  # between steps: the job's next child is not started
+                self._signal = signum
+                return True, f"stop requested: {current} stops before its next step"
+        if tracked is None and root_op is not None:
+            error = rootwatch.request_cancel(self.ctx.cfg.state_dir, root_op)
+            if error:
+                return False, f"cannot ask the privileged unit to cancel {current}: {error}"
+            with self._lock:
+                if self._root_op == root_op:
+                    self._signal = signum
+            _log.info("privileged_cancel_requested", id=root_op, command=current)
+            return True, (f"asked the privileged unit to cancel {current} ({root_op}); root ends nixos-rebuild "
+                          "(SIGTERM, then SIGKILL)")
+        assert tracked is not None
+        error = self._send(tracked, signum)
+        if error:
+            return False, f"failed to terminate: {error}"
+        if signum == signal.SIGKILL:
+            return True, f"sent SIGKILL to {current} (PID {tracked})"
+        self._escalate(tracked, grace, announce)
+        return True, f"sent SIGTERM to {current} (PID {tracked}); SIGKILL after {grace:g}s"
 
     def pending(self) -> tuple[str | None, int | None]:
         with self._lock:
@@ -201,7 +212,7 @@ class Dispatcher:
     # ----- worker ------------------------------------------------------------------------------
 
     def _begin_locked(self, name: str) -> None:
-        self._current, self._pid, self._detached = name, None, False
+        self._current, self._pid, self._detached, self._root_op = name, None, False, None
         self._cancel, self._signal = False, None
 
     def _new_job(self, name: str, op_id: str | None = None) -> Job | None:
@@ -260,6 +271,7 @@ class Dispatcher:
         with self._lock:
             if self._job is job:
                 self._current, self._pid, self._detached, self._job = None, None, False, None
+                self._root_op = None
                 self._cancel, self._signal = False, None
 
     def _guard(self, name: str, fn: Callable[[Context], None]) -> None:
@@ -330,10 +342,10 @@ class _Tracker:
     def _mine(self) -> bool:
         return self._job is None or self._d._job is self._job
 
-    def track(self, pid: int | None, detached: bool = False) -> None:
+    def track(self, pid: int | None, detached: bool = False, root_op: str | None = None) -> None:
         with self._d._lock:
             if self._mine():
-                self._d._pid, self._d._detached = pid, detached
+                self._d._pid, self._d._detached, self._d._root_op = pid, detached, root_op
 
     def release(self) -> None:
         if self._job is None:

@@ -156,6 +156,19 @@ def test_privileged_unit_survives_the_switch_it_runs(good: tuple[Path, str]) -> 
     assert options["--nixos-rebuild"].endswith("/bin/nixos-rebuild")
     assert "--allowed-signers" not in options and "--openpgp-keys" not in options  # opt in
     assert service["StateDirectoryMode"] == ["0711"] and service["UMask"] == ["0077"]
+    # however the run ended, ExecStopPost= gives an accepted request its result (issue 13)
+    assert service["ExecStopPost"] == [exec_start + " --finalize"]
+    assert service["TimeoutStartSec"] == ["7500"]  # systemd's backstop behind root's own deadline
+
+
+def test_privileged_timeout_reaches_roots_config_and_the_units_backstop() -> None:
+    value = eval_json("nixos-good.nix", "config.services.nixfleet-agent.settings.privileged_timeout",
+                      "--arg", "settings", settings(privileged={"timeout": 900}))
+    assert value == 900
+    text = eval_json("nixos-good.nix", 'config.systemd.units."nixfleet-agent-privileged.service".text',
+                     "--arg", "settings", settings(privileged={"timeout": 900}))
+    assert isinstance(text, str)
+    assert parse_unit(text)["Service"]["TimeoutStartSec"] == ["1200"]
 
 
 def test_path_unit_watches_the_request_and_verifies(good: tuple[Path, str]) -> None:
@@ -196,6 +209,7 @@ def test_agent_config_selects_the_privileged_launcher(good: tuple[Path, str]) ->
         "health": {"enable": True, "grace_period": 120, "units": [], "no_failed_units": True,
                    "ignore_failed_units": [], "http": [], "tcp": [], "commands": [], "require_reconnect": True,
                    "on_failure": "rollback", "allow_remote": False},
+        "privileged_timeout": 7200,
     }
 
 

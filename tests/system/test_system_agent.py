@@ -380,3 +380,63 @@ def test_what_is_not_a_request_leaves_the_watched_path_without_a_trigger_loop(ho
         assert box.run("test", "-L", privileged, check=False).returncode != 0  # the link is gone
         assert box.run("test", "-e", "/tmp/elsewhere/request.json").returncode == 0  # nothing removed through it
         as_agent(box, uid, f"mkdir -m 0700 {privileged}", privileged)  # as the agent's next request would
+
+
+def _pull_switch_until_building(box: Container, dash: Dashboard, repo: gitserver.FleetRepo, what: str) -> int:
+    set_rebuild(box, 60)
+    repo.commit({"hosts/systier.nix": f"{{ {what} = true; }}\n"}, what)
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    dash.wait_message("output", HOST, since=since, timeout=60,
+                      where=lambda r: str(r.payload.get("line", "")).startswith("nixos-rebuild-shim step 1/"))
+    return since
+
+
+def _no_build_left(box: Container) -> None:
+    wait_for(lambda: box.run("pgrep", "-f", "nixos-rebuild", check=False).returncode == 1, 30,
+             "the stand-in nixos-rebuild to be gone", detail=lambda: box.run("ps", "axf", check=False).stdout)
+
+
+def _next_switch_works(dash: Dashboard, box: Container) -> None:
+    set_rebuild(box, 0)
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["exit_code"] == 0, status
+
+
+def test_root_oneshot_killed_mid_switch_gives_a_final_error_and_the_agent_goes_on(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]
+) -> None:
+    """Issue 13: `systemctl kill` of the root oneshot in the middle of nixos-rebuild. Its
+    ExecStopPost= (--finalize) writes the result the killed run left out; the agent reports it as
+    the switch's final error and takes the next command."""
+    box = host.box
+    since = _pull_switch_until_building(box, dash, fleet[0], "killed")
+    box.systemctl("kill", "--signal=SIGKILL", PRIV_UNIT)
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["status"] == "error" and status["exit_code"] == 1, status
+    message = str(status["message"])
+    assert "ended without a result (SERVICE_RESULT=signal, EXIT_CODE=killed, EXIT_STATUS=KILL)" in message, status
+    _no_build_left(box)
+    _next_switch_works(dash, box)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_stop_and_kill_from_the_dashboard_cancel_a_privileged_switch(
+    host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str], how: str
+) -> None:
+    box = host.box
+    since = _pull_switch_until_building(box, dash, fleet[0], f"cancel-{how}")
+    dash.send_command(HOST, how)
+    status = dash.wait_message("status", HOST, since=since, timeout=60,
+                               where=lambda r: r.payload.get("command") == "pull-switch").payload
+    assert status["status"] == "stopped", status
+    lines = shim_lines(dash, since)
+    assert any("cancelled by stop/kill from the dashboard" in line for line in lines), lines
+    assert "nixos-rebuild-shim done exit=0" not in lines
+    _no_build_left(box)
+    assert box.run("test", "-e", f"{STATE_DIR}/privileged/cancel.json", check=False).returncode != 0
+    _next_switch_works(dash, box)

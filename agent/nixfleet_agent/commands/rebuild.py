@@ -272,7 +272,7 @@ def launch_and_follow(job: Job, op: operations.Operation) -> Result | None:
 
 def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     ctx = job.ctx
-    job.tracker.track(op.pid, detached=True)
+    job.tracker.track(op.pid, detached=True, root_op=op.id if op.launcher == "privileged" else None)
     request = operations.request_path(ctx.cfg.state_dir) if op.launcher == "privileged" else None
     if op.launcher == "privileged":  # root's log lives elsewhere: keep a copy in ours
         def emit(line: str) -> None:
@@ -283,7 +283,8 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
     confirmer = confirm.start(job, op)  # require_reconnect: root waits for our new registration
     try:
         result = operations.follow(Path(ctx.cfg.state_dir), op, emit, ctx.stop_event,
-                                   killed_by=job.tracker.sent_signal, request_path=request)
+                                   killed_by=job.tracker.sent_signal, request_path=request,
+                                   timeout=ctx.cfg.privileged_timeout)
     finally:
         job.tracker.track(None)
         if confirmer is not None:

@@ -40,6 +40,10 @@ def unit_state(unit: str = PRIVILEGED_UNIT, *, user: bool = False) -> dict[str, 
     return state if "ActiveState" in state else None
 
 
+def running(state: dict[str, str] | None) -> bool:
+    return state is not None and state.get("ActiveState", "") in RUNNING_STATES
+
+
 def ended(state: dict[str, str] | None) -> bool:
     return state is not None and state.get("ActiveState", "") not in RUNNING_STATES
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import log as logmod
-from . import liveness
+from . import liveness, rootwatch
 from .journal import (Operation, expected_paths, load_all, mark_reported, ops_dir, prune, save, switch_unit,
                       unreported, valid_id)
 from ..privatefs import ensure_private_dir, write_private
@@ -220,6 +220,7 @@ def follow(
     stop_event: threading.Event,
     killed_by: Callable[[], int | None] = lambda: None,
     request_path: Path | None = None,
+    timeout: float = rootwatch.DEFAULT_TIMEOUT,
 ) -> Result | None:
     """Stream the operation's log via ``emit`` until its result exists and the log is drained.
 
@@ -238,6 +239,8 @@ def follow(
     checked_at, dead = time.monotonic(), 0
     unit = (liveness.UnitWatch(op.unit, user=True, pid=op.pid, alive=pid_alive, every=LIVENESS_EVERY)
             if op.unit else None)
+    root = (rootwatch.RootWatch(state_dir, op, timeout, killed_by)
+            if op.launcher == "privileged" and request_path is not None else None)
     try:
         while True:
             if fh is None and not unreadable:
@@ -312,6 +315,11 @@ def follow(
                     return Result(exit_code=1, start_error=(
                         f"the privileged unit {liveness.PRIVILEGED_UNIT} ended without a result "
                         f"(ActiveState={state.get('ActiveState')}, Result={state.get('Result', '?')})"))
+            ended = root.poll() if root is not None else None
+            if ended is not None and read_result(result_path) is None:  # started marker, cancel, deadline
+                splitter.close()
+                save_offset(state_dir, op, offset - splitter.pending_bytes())
+                return ended
             if stop_event.wait(FOLLOW_TICK):
                 save_offset(state_dir, op, offset - splitter.pending_bytes())
                 return None

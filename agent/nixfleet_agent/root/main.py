@@ -15,6 +15,8 @@ The order of trust, for a build (``switch``):
 A refusal at any step is written to the request's ``result.json`` as ``"<rule>: <why>"`` (exit
 code 2), which the agent reports as the command's error. Rollback and reboot build nothing.
 Results are for the requesting uid only (``results``) and pruned to the newest ``--keep``.
+Every accepted request ends with a result: a started marker and ``--finalize`` for a run that
+was killed (``lifecycle``), the overall deadline and the agent's cancel request (``watch``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from .. import localfile, log, nix
 from ..config import CONFIG_FILE_MAX, DEFAULT_AGENT_INPUT
 from ..repo import gitenv
 from ..guard import rootside
-from . import lockrefresh, results, source, verify
 from ..health import badlist, gate, settings as health_settings
+from . import lifecycle, lockrefresh, results, source, verify, watch
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
 _log = log.get("privileged")
@@ -62,6 +64,8 @@ class Settings:
     nix_env: str = "nix-env"
     system_profile: Path = gate.SYSTEM_PROFILE
     health_interval: float = 2.0
+    timeout: float = watch.DEFAULT_TIMEOUT  # overall deadline of one run (trusted config, never the request)
+    cancel_path: Path | None = None  # <request dir>/cancel.json: the agent's stop/kill (watch.py)
 
 
 class Handler:
@@ -79,6 +83,7 @@ class Handler:
                               nix_env=settings.nix_env, systemctl=settings.systemctl, darwin=settings.darwin,
                               interval=settings.health_interval)
         self._op_dir = settings.out_dir
+        self.watch: watch.Watch | None = None
 
     def reject(self, err: RequestError, owner: int) -> int:
         _log.warn("rejected", id=err.request_id, field=err.field, error=str(err))
@@ -114,13 +119,19 @@ class Handler:
             _log.warn("rejected", id=req.id, field="id", error="already used")
             return REJECTED_EXIT
         self._op_dir = op_dir
+        self.watch = watch.Watch(req.id, self.s.cancel_path, self.s.timeout)
+        lifecycle.begin(self.results, op_dir, req, self.s.state_dir, self.s.timeout)
         with self.results.open_log(op_dir, req.owner) as out:
             try:
+                self.watch.check()  # a stop/kill that came before root picked the request up
                 exit_code, error = self._execute(req, out)
             except source.Refusal as refusal:
                 exit_code, error = REJECTED_EXIT, str(refusal)
                 out.write(f"nixfleet-agent-privileged: refused: {refusal}\n".encode())
                 _log.warn("refused", id=req.id, rule=refusal.rule, commit=req.commit, error=error)
+            except watch.Ended as ended:
+                exit_code, error = ended.exit_code, str(ended)
+                out.write(f"nixfleet-agent-privileged: {ended}\n".encode())
         if self.s.darwin and exit_code not in (0, REJECTED_EXIT) and not error:
             error = _user_agent_abort(op_dir / "output.log")
         doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
@@ -130,6 +141,7 @@ class Handler:
         doc.update(self.s.guard.result_fields())  # activation, inhibitors, notes (guard/rootside.py)
         doc.update(self.gate.fields)  # health, rolled_back, failed_checks, bad_commits (health/gate.py)
         self.results.write_json(op_dir, "result.json", doc, req.owner)
+        lifecycle.end(self.s.state_dir)
         self.results.prune(req.id)
         _log.info("finished", id=req.id, action=req.action, exit_code=exit_code, error=error or None)
         return 0 if exit_code == 0 else 1
@@ -187,7 +199,11 @@ class Handler:
 
     def _spawn(self, argv: Sequence[str], env: Mapping[str, str], out: BinaryIO,
                cwd: Path | None = None) -> tuple[int, str]:
-        """Run with output going straight to the log file: streamed, nothing buffered here."""
+        """Run with output going straight to the log file: streamed, nothing buffered here; ended
+        (``watch.Ended``) at the deadline or on the agent's cancel, which is also checked before
+        each step starts."""
+        if self.watch is not None:
+            self.watch.check()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env=dict(env), cwd=str(cwd or "/"), start_new_session=True)
@@ -195,7 +211,7 @@ class Handler:
             message = f"cannot start {argv[0]}: {exc.strerror or exc}"
             out.write(f"nixfleet-agent-privileged: {message}\n".encode())
             return 127, message
-        code = proc.wait()
+        code = self.watch.wait(proc) if self.watch is not None else proc.wait()
         return (128 - code, "") if code < 0 else (code, "")
 
 
@@ -257,6 +273,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--health-interval", type=float, default=2.0, help=argparse.SUPPRESS)  # tests: seconds between rounds
     add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
     add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
+    add("--timeout", type=int, help="seconds one run may take before root ends it (default "
+                                    f"{watch.DEFAULT_TIMEOUT}; privileged_timeout in --config)")
+    add("--finalize", action="store_true", help="ExecStopPost=: write the result the main run left out, if any")
     add("--log-level", default="info", choices=sorted(log.LEVELS))
     rootside.add_arguments(parser)
     return parser
@@ -269,7 +288,7 @@ def _bad(option: str, error: str) -> int:
 
 # TOML key -> option, for --config; the module renders these from the same options the agent uses
 _FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
-                "agent_input": "agent_input", "known_hosts_file": "known_hosts"}
+                "agent_input": "agent_input", "known_hosts_file": "known_hosts", "privileged_timeout": "timeout"}
 _DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": DEFAULT_AGENT_INPUT}
 
 
@@ -301,7 +320,8 @@ def _apply_config(args: argparse.Namespace) -> str | None:
         for key, name in _FROM_CONFIG.items():
             if key in ("repo_url", "config_repo") or getattr(args, name) is not None or not doc.get(key):
                 continue
-            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else str(doc[key]))
+            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else
+                    doc[key] if name == "timeout" else str(doc[key]))
     for name, value in _DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -314,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log.setup(args.log_level)
     os.umask(0o077)
+    if args.finalize:
+        if not (args.out_dir.is_absolute() and (args.state_dir is None or args.state_dir.is_absolute())):
+            return _bad("out-dir", "must be an absolute path")
+        return lifecycle.finalize(args.out_dir, args.state_dir or args.out_dir.parent / "root", os.environ)
     problem = _apply_config(args)
     if problem:
         return _unconfigured(args, problem)
@@ -323,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
             return _bad(name.replace("_", "-"), "must be an absolute path")
+    timeout = watch.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    if type(timeout) is not int or timeout < 1:
+        return _unconfigured(args, f"privileged_timeout: must be a positive number of seconds (got {timeout!r})")
     if not _BRANCH.fullmatch(args.branch) or args.branch.startswith(("-", "/")) or ".." in args.branch:
         return _bad("branch", f"not a branch name: {args.branch!r}")
     state_dir = args.state_dir or args.out_dir.parent / "root"
@@ -336,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         agent_input=args.agent_input, keep=args.keep,
                         policy=verify.Policy(args.allowed_signers, args.openpgp_keys, args.gpg, args.ssh_keygen),
                         health=getattr(args, "health", health_settings.DISABLED), confirm=args.request.parent / "confirm.json",
-                        nix_env=args.nix_env, system_profile=Path(args.system_profile), health_interval=args.health_interval)
+                        nix_env=args.nix_env, system_profile=Path(args.system_profile), health_interval=args.health_interval,
+                        timeout=timeout, cancel_path=args.request.parent / "cancel.json")
     guard = rootside.load(args, darwin=settings.darwin)
     if isinstance(guard, str):
         return _unconfigured(args, guard)
