@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from dashboard import Dashboard
 from systier import container, prereqs, rootfs, units
 
 EXCHANGE_INSIDE = "/srv/exchange"
@@ -79,3 +80,13 @@ def golden_dir() -> Path:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="module")
+def dash(request: pytest.FixtureRequest) -> Iterator[Dashboard]:
+    """The module's reference dashboard on the host; it accepts the test module's ``TOKEN``."""
+    board = Dashboard(token=request.module.TOKEN).start()
+    try:
+        yield board
+    finally:
+        board.close()

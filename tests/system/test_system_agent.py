@@ -36,15 +36,6 @@ DYNAMIC_UIDS = range(61184, 65520)
 
 
 @pytest.fixture(scope="module")
-def dash() -> Iterator[Dashboard]:
-    board = Dashboard(token=TOKEN).start()
-    try:
-        yield board
-    finally:
-        board.close()
-
-
-@pytest.fixture(scope="module")
 def fleet(exchange_dir: Path, system_container: Container) -> tuple[gitserver.FleetRepo, str]:
     repo = gitserver.FleetRepo(exchange_dir, "/srv/exchange")
     repo.create()

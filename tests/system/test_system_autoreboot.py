@@ -15,7 +15,7 @@ from systier import agenthost, units
 from systier.agenthost import AGENT_UNIT, PATH_UNIT, PRIV_UNIT, AgentHost
 from systier.waiting import wait_for
 
-from test_system_agent import TOKEN, dash, fleet, host  # noqa: F401 - module-scoped fixtures
+from test_system_agent import TOKEN, fleet, host  # noqa: F401 - module-scoped fixtures (TOKEN: conftest dash)
 
 HOST = agenthost.HOSTNAME
 FAKE_SYSTEMCTL = "/usr/local/sbin/nixfleet-test-systemctl"

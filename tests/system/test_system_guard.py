@@ -15,10 +15,10 @@ from dashboard import Dashboard
 from systier import gitserver, units
 from systier.agenthost import AgentHost
 import test_system_agent as base
-from test_system_agent import HOST, shim_lines
+from test_system_agent import HOST, TOKEN, shim_lines  # noqa: F401 - TOKEN: the conftest's dash
 
-# the same module-scoped fixtures: a dashboard, the fleet repository, the agent host in the container
-dash, fleet, host = base.dash, base.fleet, base.host
+# the same module-scoped fixtures: the fleet repository, the agent host in the container
+fleet, host = base.fleet, base.host
 
 MIB = 1 << 20
 CALLS = "/etc/nixfleet-test/nix-calls"

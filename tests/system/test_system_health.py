@@ -60,15 +60,6 @@ chmod +x "$gen/bin/switch-to-configuration"
 
 
 @pytest.fixture(scope="module")
-def dash() -> Iterator[Dashboard]:
-    board = Dashboard(token=TOKEN).start()
-    try:
-        yield board
-    finally:
-        board.close()
-
-
-@pytest.fixture(scope="module")
 def fleet(exchange_dir: Path, system_container: Container) -> tuple[gitserver.FleetRepo, str]:
     repo = gitserver.FleetRepo(exchange_dir / "health", "/srv/exchange/health")
     repo.create()

@@ -22,15 +22,6 @@ TOKEN = "systier-hm-token-5c1f7a20-never-logged"
 
 
 @pytest.fixture(scope="module")
-def dash() -> Iterator[Dashboard]:
-    board = Dashboard(token=TOKEN).start()
-    try:
-        yield board
-    finally:
-        board.close()
-
-
-@pytest.fixture(scope="module")
 def fleet(exchange_dir: Path, system_container: Container) -> tuple[gitserver.FleetRepo, str]:
     repo = gitserver.FleetRepo(exchange_dir, "/srv/exchange")
     if not repo.bare.exists():
