@@ -228,9 +228,16 @@ class Runner:
         return check
 
 
+_KEPT = ("PATH", "LANG", "LC_ALL", "TZ",
+         # where `systemctl --user` finds the user manager (Home Manager); neither is a secret
+         "XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
+
+
 def _env() -> dict[str, str]:
-    """Checks see a plain environment: PATH and the locale, nothing the caller was given."""
-    return {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ")} or {"PATH": "/usr/bin:/bin"}
+    """Checks see a plain environment: PATH, the locale and the user manager's address, nothing else
+    the caller was given (without the last two every `systemctl --user` check failed: "Failed to
+    connect to bus")."""
+    return {k: v for k, v in os.environ.items() if k in _KEPT} or {"PATH": "/usr/bin:/bin"}
 
 
 def monotonic_deadline(seconds: float) -> float:
