@@ -35,6 +35,8 @@ def build(dest: Path) -> tuple[Path, str]:
     Other work lands in the checkout while tests run, so the commit is the one taken here, not HEAD.
     """
     src = dest / "src"
+    # several test modules share the session's exchange directory and build into the same place
+    shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(AGENT_SRC, src, ignore=shutil.ignore_patterns("*.egg-info", "build", "dist", "__pycache__"))
     commit = source_commit()
     if commit:
