@@ -299,7 +299,11 @@ def follow_operation(job: Job, op: operations.Operation) -> Result | None:
 
 def resume_operation(job: Job, op: operations.Operation) -> None:
     """A previous agent process started ``op``: stream the rest and report it exactly once."""
-    job.say(f"↻ Agent restarted during {op.command} ({op.id}); resuming")
+    note = f"↻ Agent restarted during {op.command} ({op.id}); resuming"
+    if op.launcher == "detached":  # our log is the wrapper's, which the follower streams: it arrives once
+        job.log.write(note, "stdout")
+    else:
+        job.say(note)
     result = operations.read_result(Path(op.result_path))
     if result is None and operations.interrupted_by_reboot(op):
         result = Result(exit_code=1, start_error=f"the machine rebooted during {op.command}; "
