@@ -34,6 +34,7 @@ STABLE_AFTER = 10.0  # seconds a registered session must last before backoff res
 BATCH_MESSAGES = 256  # frames written with one system call when the queue holds several
 BATCH_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024  # one recv; the frame buffer holds at most one message plus this
+CLOSE_LOCK_WAIT = 1.0  # a deliberate close waits this long for a busy writer, never for a stuck one
 FAST_ATTEMPTS = 10  # redials at <= 1 s spacing before backing off: a dashboard restart takes seconds
 _log = log.get("connection")
 _DEADLINE_HINTS = {
@@ -337,5 +338,5 @@ class Connection:
         self.outbox.kick()
         # never ws.send_close(): it waits for the send lock, which a writer stuck on a peer that does
         # not read holds for up to ping_timeout, and shutdown/reconnect must not wait for that
-        send_close(session.ws, websocket.STATUS_NORMAL, reason)
+        send_close(session.ws, websocket.STATUS_NORMAL, reason, wait=CLOSE_LOCK_WAIT)
         shutdown_socket(session.ws)

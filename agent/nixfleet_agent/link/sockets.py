@@ -24,14 +24,19 @@ def send_text_frames(ws: websocket.WebSocket, batch: list[str]) -> None:
         sock.sendall(data)
 
 
-def send_close(ws: websocket.WebSocket, code: int, reason: str) -> None:
-    """A close frame from the reading thread, only if that cannot block it: not while the writer
-    holds the send lock (it may be stuck on a peer that does not read), not into a full buffer."""
+def send_close(ws: websocket.WebSocket, code: int, reason: str, wait: float = 0.0) -> None:
+    """A close frame, only if that cannot block for long: the send lock is waited for at most
+    ``wait`` s (the reading thread: 0; a deliberate close: about a second, enough for a writer that
+    is merely busy, while one stuck on a peer that does not read is not waited for), and nothing is
+    written into a full buffer."""
     sock = ws.sock
-    if sock is None or not ws.lock.acquire(blocking=False):
+    if sock is None:
+        return
+    locked = ws.lock.acquire(timeout=wait) if wait > 0 else ws.lock.acquire(blocking=False)
+    if not locked:
         return
     try:
-        _, writable, _ = select.select([], [sock], [], 0)
+        _, writable, _ = select.select([], [sock], [], wait)
         if writable:
             frame = ABNF.create_frame(code.to_bytes(2, "big") + reason.encode()[:120], ABNF.OPCODE_CLOSE)
             sock.sendall(frame.format())
