@@ -288,6 +288,9 @@ in
         ExecStopPost = lib.concatStringsSep " " (rootArgs ++ [ "--finalize" ]);
         # systemd's own backstop behind root's deadline (which ends the rebuild itself first)
         TimeoutStartSec = cfg.privileged.timeout + 300;
+        # --finalize may have to go back to the previous generation (root stopped during a
+        # health-gated switch's grace period): an activation, not just a file write
+        TimeoutStopSec = 900;
         # results/ and its request directories are 0711: the agent reaches the files meant
         # for it (0600, its uid) by name; nobody can list them; root/ (clone, state) is 0700
         StateDirectory = "nixfleet-agent-privileged";

@@ -104,3 +104,15 @@ def activate(generation: str, *, darwin: bool = False) -> list[str]:
     """Activate an already built system generation: ``switch-to-configuration switch`` (NixOS),
     ``activate`` (nix-darwin). The health gate's rollback runs :func:`set_profile` first."""
     return [f"{generation}/activate"] if darwin else [f"{generation}/bin/switch-to-configuration", "switch"]
+
+
+def boot_default(generation: str) -> list[str]:
+    """Make ``generation`` the boot loader's default without activating it (NixOS): the boot loader
+    installer takes the default from the toplevel it is run from, not from the profile, so the
+    health gate points a reboot during the grace period at the generation known to be good."""
+    return [f"{generation}/bin/switch-to-configuration", "boot"]
+
+
+def system_state(systemctl: str) -> list[str]:
+    """``running``, ``degraded``, ``stopping``, ...: a rollback is not activated while the host shuts down."""
+    return [systemctl, "is-system-running"]

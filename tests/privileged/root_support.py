@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import nixfleet_agent
 from nixfleet_agent.root import main as root_main
 
 SHIM = """#!/bin/sh
@@ -144,3 +147,37 @@ class Host:
     def rejected(self) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads((self.out / "rejected.json").read_text())
         return doc
+
+
+# where this test process imports the package from (the source tree, or the installed package in
+# the nixpkgs check phase): the root program as a process must run the same code
+AGENT = Path(nixfleet_agent.__file__).resolve().parents[1]
+
+
+def pythonpath() -> str:
+    return os.pathsep.join(filter(None, [str(AGENT), os.environ.get("PYTHONPATH")]))
+
+
+class RootRun:
+    """One run of the root program as its own process, the way the unit starts it."""
+
+    def __init__(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.host = host
+        full = dict(os.environ, PYTHONPATH=pythonpath(), **(env or {}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "nixfleet_agent.root", *host.argv(), *extra],
+                                     env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def wait(self, timeout: float = 60) -> tuple[int, str]:
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err.decode()
+
+    def kill(self) -> None:
+        """Teardown: the root run and the build group it started (a killed root leaves it behind,
+        as it would under systemd without the unit's control-group kill)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.killpg(int((self.host.tmp / "pids").read_text().split()[0]), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass

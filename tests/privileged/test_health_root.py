@@ -31,6 +31,7 @@ def configure(host: Host, gens: Generations, *, reconnect: bool = False, extra: 
                       f"require_reconnect = {str(reconnect).lower()}\n{extra}{gens.healthy_check()}")
     config.chmod(0o644)
     host.extra = ["--config", str(config), "--nix-env", str(gens.nix_env), "--system-profile", str(gens.profile),
+                  "--current-system", str(gens.current_link),
                   "--health-interval", "0.2"]
 
 

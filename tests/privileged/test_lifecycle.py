@@ -19,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from root_support import ID, Host
+from root_support import ID, Host, RootRun, pythonpath
 from support import wait_for
 
-import nixfleet_agent
 from nixfleet_agent.root import watch
-
-# where this test process imports the package from (the source tree, or the installed package in
-# the nixpkgs check phase): the root program as a process must run the same code
-AGENT = Path(nixfleet_agent.__file__).resolve().parents[1]
 
 # A slow build: records its pid and a background grandchild's, says so, then waits. With
 # SHIM_IGNORE_TERM set the whole group ignores SIGTERM, so only SIGKILL ends it.
@@ -48,35 +43,6 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     slow.write_text(SLOW)
     monkeypatch.setenv("SHIM_PIDS", str(tmp_path / "pids"))
     return host
-
-
-def _pythonpath() -> str:
-    return os.pathsep.join(filter(None, [str(AGENT), os.environ.get("PYTHONPATH")]))
-
-
-class RootRun:
-    """One run of the root program as its own process, the way the unit starts it."""
-
-    def __init__(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.host = host
-        full = dict(os.environ, PYTHONPATH=_pythonpath(), **(env or {}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "nixfleet_agent.root", *host.argv(), *extra],
-                                     env=full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait(self, timeout: float = 60) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err.decode()
-
-    def kill(self) -> None:
-        """Teardown: the root run and the build group it started (a killed root leaves it behind,
-        as it would under systemd without the unit's control-group kill)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        try:
-            os.killpg(int((self.host.tmp / "pids").read_text().split()[0]), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
 
 
 @pytest.fixture
@@ -150,7 +116,7 @@ def test_a_finished_run_leaves_nothing_for_finalize(host: Host) -> None:
 
 
 def RootRunFinalize(host: Host, **env: str) -> int:  # noqa: N802 - reads like the unit line
-    full = dict(os.environ, PYTHONPATH=_pythonpath(), **env)
+    full = dict(os.environ, PYTHONPATH=pythonpath(), **env)
     return subprocess.run([sys.executable, "-m", "nixfleet_agent.root", *host.argv(), "--finalize"], env=full,
                           capture_output=True, timeout=60, check=False).returncode
 

@@ -26,8 +26,9 @@ GRACE = 15
 PROFILE = "/nix/var/nix/profiles/system"
 
 # nixos-rebuild switch: build generation N (a directory with bin/switch-to-configuration that
-# installs fleet-app.service, healthy or not per /etc/nixfleet-test/next-gen), point the system
-# profile at it with nix-env and activate it, as the real one does.
+# installs fleet-app.service, healthy or not per /etc/nixfleet-test/next-gen, or with "boot" only
+# records the boot default), point the system profile at it with nix-env and activate it, as the
+# real one does.
 REBUILD = r"""#!/bin/sh
 echo "nixos-rebuild-shim uid=$(id -u) args=$*"
 next=$(cat /etc/nixfleet-test/next-gen 2>/dev/null || echo good)
@@ -39,6 +40,9 @@ mkdir -p "$gen/bin"
 if [ "$next" = bad ]; then exec_start="/bin/sh -c 'exit 3'"; else exec_start="/bin/sleep infinity"; fi
 cat > "$gen/bin/switch-to-configuration" <<EOF
 #!/bin/sh
+# boot: only the boot loader's default (the health gate points it back during the grace period)
+echo "$gen" > /run/fleet-boot-default
+if [ "\$1" = boot ]; then echo "boot default $gen"; exit 0; fi
 echo "activating $gen"
 # every generation installs its agent configuration and unit; "nourl" names no dashboard
 if [ "$next" = nourl ]; then
@@ -180,4 +184,32 @@ def test_a_generation_whose_agent_cannot_reach_the_dashboard_is_rolled_back_by_r
     assert 'url = "ws://127.0.0.1:9/ws"' not in box.read_file(units.CONFIG_PATH)
     seen = lines(dash, since)
     assert any("the agent restarts so that the new agent confirms" in line for line in seen), seen
+    box.write_file("/etc/nixfleet-test/next-gen", "good\n")
+
+
+def test_root_killed_during_the_grace_period_is_rolled_back_by_its_stop_post(
+        host: AgentHost, dash: Dashboard, fleet: tuple[gitserver.FleetRepo, str]) -> None:
+    """systemctl kill of root's oneshot while the checks wait: ExecStopPost= (--finalize) finds
+    the pending record, goes back to the previous generation, remembers the commit, and the agent
+    gets one final status saying so; the boot default was the previous generation meanwhile."""
+    box = host.box
+    repo, _ = fleet
+    before = generation(box)
+    box.write_file("/etc/nixfleet-test/next-gen", "bad\n")
+    broken = repo.commit({"hosts/systier.nix": "{ app = \"broken again\"; }\n"}, "broken while root dies")
+    since = dash.mark()
+    dash.send_command(HOST, "pull-switch")
+    wait_for(lambda: any("the previous generation is the boot default" in line for line in lines(dash, since)),
+             GRACE + 60, "root to start the health checks")
+    assert box.read_file("/run/fleet-boot-default").strip() == before and generation(box).endswith("-bad")
+    box.systemctl("kill", "--signal=KILL", "nixfleet-agent-privileged.service")
+    status = status_of(dash, "pull-switch", since)
+    assert status["status"] == "error", status
+    message = str(status["message"])
+    assert message.startswith("health: interrupted: root was stopped (SERVICE_RESULT=signal"), message
+    assert f"rolled back to the previous generation {before}" in message and f"commit {broken[:7]}" in message
+    assert generation(box) == before and box.run("readlink", "-f", PROFILE).stdout.strip() == before
+    wait_for(lambda: box.systemctl("is-active", "fleet-app.service", check=False).stdout.strip() == "active", 20,
+             "the previous generation's fleet-app.service to be active again")
+    assert any("health: the switch of" in line and "was interrupted" in line for line in lines(dash, since))
     box.write_file("/etc/nixfleet-test/next-gen", "good\n")

@@ -10,7 +10,8 @@
    --json``; ``nixos-rebuild`` then finds it built) and compares its ``switch-inhibitors`` with the
    running system's; on a change it runs ``nixos-rebuild boot`` instead and says so in the log and
    in ``result.json`` (``activation: "boot"``, ``notes``), which the agent shows in the final status;
-3. **retention** (``[retention]``, after a successful build only): ``nix-env --delete-generations
+3. **retention** (``[retention]``, after a successful switch only, once its health checks passed, so
+   the generation a rollback needs is still there): ``nix-env --delete-generations
    +N`` on the system profile, then ``switch-to-configuration boot`` of the profile to rewrite the
    boot entries, then ``nix-store --gc``. A failure there does not undo the switch: it becomes a
    note, and the result stays a success.
@@ -83,10 +84,14 @@ class RootGuard:
                 self._note(out, f"switch inhibited ({'; '.join(changes)}): ran nixos-rebuild boot instead; "
                                 "the new configuration is the boot default and takes effect at the next reboot")
                 _log.warn("switch-inhibited", toplevel=str(built), changes="; ".join(changes))
-        code, error = run(cmdline.rebuild([program], action, flake, refresh=refresh), out)
-        if code == 0 and not self.darwin and self.guard.retention.enabled:
+        return run(cmdline.rebuild([program], action, flake, refresh=refresh), out)
+
+    def after_success(self, out: BinaryIO, run: Run) -> None:
+        """Retention, once the switch stands: after the health verdict, never between the rebuild
+        and it (with ``keep_generations = 1`` the generation a rollback goes back to would be
+        deleted, and collected by the garbage collection, before the checks had decided)."""
+        if not self.darwin and self.guard.retention.enabled:
             self._retain(out, run)
-        return code, error
 
     def _toplevel(self, flake: str, refresh: bool, out: BinaryIO, env: Mapping[str, str]) -> Path | tuple[int, str]:
         """The new system's store path, built but not activated; (exit code, error) when the build failed."""

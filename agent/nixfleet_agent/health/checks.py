@@ -93,9 +93,11 @@ class Runner:
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self, deadline: float, emit: Callable[[str], None], stop: threading.Event | None = None,
-            interval: float = ROUND_INTERVAL, extra: Sequence[Check] = ()) -> Report:
+            interval: float = ROUND_INTERVAL, extra: Sequence[Check] = (),
+            poll: Callable[[], None] = lambda: None) -> Report:
         """Until every check passed :data:`STABLE_ROUNDS` rounds in a row, or ``deadline``
-        (``time.monotonic()``). ``extra`` checks (e.g. the agent's own re-registration) count too."""
+        (``time.monotonic()``). ``extra`` checks (e.g. the agent's own re-registration) count too.
+        ``poll`` runs before every round and may raise to end the checks (root: a cancel request)."""
         stop = stop or threading.Event()
         checks = self.checks() + list(extra)
         started = time.monotonic()
@@ -108,6 +110,7 @@ class Runner:
             emit("health: already failed before the switch, not counted: " + ", ".join(sorted(self.baseline_failed)))
         results: list[Outcome] = []
         while True:
+            poll()
             rounds += 1
             results = []
             for check in checks:

@@ -22,6 +22,7 @@ never overrides a failed check. A killed agent writes nothing, so root goes back
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -33,7 +34,7 @@ from typing import BinaryIO
 from .. import log, nix
 from ..root.request import RequestError, read_request
 from ..root.source import Refusal
-from . import badlist
+from . import badlist, pending
 from .checks import Runner
 from .settings import HealthSettings
 
@@ -55,6 +56,8 @@ class Gate:
     systemctl: str = "systemctl"
     darwin: bool = False
     interval: float = 2.0
+    state_dir: Path | None = None  # root's state: the pending record (health/pending.py)
+    poll: Callable[[], None] = lambda: None  # raises to end the wait (root's cancel request and deadline)
     fields: dict[str, object] = field(default_factory=dict)
 
     def refuse_bad(self, commit: str, force: bool, out: BinaryIO) -> None:
@@ -85,10 +88,25 @@ class Gate:
             before, _ = Runner(self.settings, systemctl=self.systemctl).failed_units()
             baseline = frozenset(before or ())
         self._take_confirmation(request_id, owner)  # a stale one must not confirm this switch
+        record = None
+        if self.settings.enable and self.settings.rollback and prev and self.state_dir is not None:
+            record = pending.new(request_id, owner, commit, prev)  # until the verdict: undone if root dies
+            pending.begin(self.state_dir, record)
         code, error = run(argv)
         if not self.settings.enable:
             return code, error
         _, new = _profile(self.profile)
+        if record is not None and self.state_dir is not None and new != prev:
+            pending.begin(self.state_dir, dataclasses.replace(record, new=new))
+        outcome = self._verdict(commit, request_id, owner, prev_link, prev, new, baseline, argv, code, error, run,
+                                say, marker, activated)
+        if record is not None and self.state_dir is not None:
+            pending.clear(self.state_dir)  # not on an exception: the run's end recovers it (root/main.py)
+        return outcome
+
+    def _verdict(self, commit: str, request_id: str, owner: int, prev_link: str, prev: str, new: str, baseline: frozenset[str],
+                 argv: list[str], code: int, error: str, run: Run, say: Callable[[str], None],
+                 marker: Callable[[dict[str, object]], None], activated: Callable[[], bool]) -> tuple[int, str]:
         if code == 0 and not activated():  # e.g. switch inhibited, ran boot: the new generation does not run yet
             self.fields = {"health": "skipped", "rolled_back": False}
             say("health: the new generation is only the boot default (not activated); no checks until it runs")
@@ -101,16 +119,18 @@ class Gate:
             return code, error
         say(f"health: previous generation {prev_link or prev} ({prev}), new {new}")
         failed: list[str] = []
+        pinned = False
         if code != 0:
             failed.append(f"activation: {argv[0].rsplit('/', 1)[-1]} exited {code}")
         else:
+            pinned = self._pin_boot_default(prev, say, run)
             grace = self.settings.grace_period
             deadline = time.monotonic() + grace
             marker({"id": request_id, "state": "checking", "awaiting_confirmation": self.settings.require_reconnect,
                     "since": time.time(), "grace_period": grace})
             runner = Runner(self.settings, systemctl=self.systemctl, units_available=not self.darwin, as_root=True,
                             baseline_failed=baseline)
-            report = runner.run(deadline, say, interval=self.interval)
+            report = runner.run(deadline, say, interval=self.interval, poll=self.poll)
             failed += [f"{o.name}: {o.detail}" for o in report.failed]
             if report.healthy:
                 say(f"health: all checks passed after {report.elapsed:.1f}s ({report.rounds} rounds)")
@@ -125,6 +145,12 @@ class Gate:
         if not failed:
             self.fields = {"health": "passed", "rolled_back": False,
                            "bad_commits": [e.as_dict() for e in self.bad.remove(commit)]}
+            if pinned:
+                boot_code, _ = run(nix.boot_default(new))
+                if boot_code != 0:
+                    self.fields["boot_default_error"] = f"exit {boot_code}"
+                    say(f"health: WARNING: making the new generation the boot default again failed (exit "
+                        f"{boot_code}); the next reboot starts {prev}")
             marker({"id": request_id, "state": "passed"})
             return 0, ""
         return self._failed(commit, request_id, prev, new, failed, code, say, run, marker)
@@ -162,6 +188,19 @@ class Gate:
         return code or 1, (f"health: {what}; rolled back to the previous generation {prev}; commit {short} "
                            "is refused on this host until a newer commit or force")
 
+    def _pin_boot_default(self, prev: str, say: Callable[[str], None], run: Run) -> bool:
+        """Until the verdict the boot default is the previous generation: a host that the new one
+        hangs or resets during the grace period comes back on the generation known to be good."""
+        if self.darwin or not self.settings.rollback:
+            return False
+        pin_code, _ = run(nix.boot_default(prev))
+        if pin_code != 0:
+            say(f"health: WARNING: could not make the previous generation the boot default during the grace "
+                f"period (exit {pin_code}); a reboot before the verdict starts the new one")
+            return False
+        say("health: the previous generation is the boot default until the checks pass")
+        return True
+
     # -- the agent's confirmation --------------------------------------------------------------------
     def _take_confirmation(self, request_id: str, owner: int) -> bool:
         """True if the confirmation file names this request (and was written by its agent)."""
@@ -185,6 +224,7 @@ class Gate:
     def _wait_confirmation(self, request_id: str, owner: int, deadline: float) -> float | None:
         started = time.monotonic()
         while True:
+            self.poll()
             if self._take_confirmation(request_id, owner):
                 return time.monotonic() - started
             remaining = deadline - time.monotonic()

@@ -51,6 +51,11 @@ def end(state_dir: Path) -> None:
         pass
 
 
+def describe_end(env: Mapping[str, str]) -> str:
+    """How systemd says the main process ended (``ExecStopPost=``'s environment)."""
+    return ", ".join(f"{name}={env.get(name) or '?'}" for name in ("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS"))
+
+
 def finalize(out_dir: Path, state_dir: Path, env: Mapping[str, str]) -> int:
     """``ExecStopPost=``: give the request the main run accepted a result if it left none."""
     try:
@@ -71,8 +76,7 @@ def finalize(out_dir: Path, state_dir: Path, env: Mapping[str, str]) -> int:
     try:
         if os.path.lexists(op_dir / RESULT) or not op_dir.is_dir() or op_dir.is_symlink():
             return 0
-        how = ", ".join(f"{name}={env.get(name) or '?'}" for name in ("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS"))
-        error = f"the privileged run of {request_id} ended without a result ({how})"
+        error = f"the privileged run of {request_id} ended without a result ({describe_end(env)})"
         results.Results(out_dir).write_json(op_dir, RESULT, {
             "id": request_id, "action": str(doc.get("action") or ""), "exit_code": 1, "error": error,
             "finished_at": results.now()}, owner)

@@ -27,18 +27,17 @@ import re
 import socket
 import subprocess
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import localfile, log, nix
-from ..config import CONFIG_FILE_MAX, DEFAULT_AGENT_INPUT
+from .. import log, nix
+from ..config import DEFAULT_AGENT_INPUT
 from ..repo import gitenv
 from ..guard import rootside
-from ..health import badlist, gate, settings as health_settings
-from . import lifecycle, lockrefresh, results, source, verify, watch
+from ..health import gate, settings as health_settings
+from . import lifecycle, lockrefresh, options, recovery, results, source, verify, watch
 from .request import BUILD_ACTIONS, REJECTED_EXIT, Request, RequestError, parse_request, read_request
 
 _log = log.get("privileged")
@@ -78,10 +77,13 @@ class Handler:
         self.env = dict(env)  # for nixos-rebuild and nix: the same git hygiene as root's own git
         self.results = results.Results(settings.out_dir, settings.keep)
         self.deployed = verify.Deployed(settings.state_dir / "deployed.json")
-        self.gate = gate.Gate(settings.health, badlist.BadList(settings.state_dir / "bad-commits.json"),
+        self.gate = gate.Gate(settings.health, recovery.bad_list(settings.state_dir),
                               settings.confirm or Path("/nonexistent/confirm.json"), profile=settings.system_profile,
                               nix_env=settings.nix_env, systemctl=settings.systemctl, darwin=settings.darwin,
-                              interval=settings.health_interval)
+                              interval=settings.health_interval, state_dir=settings.state_dir)
+        self.system = recovery.system(settings.system_profile, settings.guard.current_system,
+                                      nix_env=settings.nix_env, systemctl=settings.systemctl, darwin=settings.darwin,
+                                      env=self.env)
         self._op_dir = settings.out_dir
         self.watch: watch.Watch | None = None
 
@@ -120,9 +122,13 @@ class Handler:
             return REJECTED_EXIT
         self._op_dir = op_dir
         self.watch = watch.Watch(req.id, self.s.cancel_path, self.s.timeout)
+        self.gate.poll = self.watch.check  # a stop/kill during the grace period ends the wait at once
         lifecycle.begin(self.results, op_dir, req, self.s.state_dir, self.s.timeout)
+        recovered = None
         with self.results.open_log(op_dir, req.owner) as out:
             try:
+                # a gate a hard reset interrupted (no ExecStopPost= ran): undone before anything else
+                recovery.recover_into_results(self.s.out_dir, self.s.state_dir, self.system, None, out, req.id)
                 self.watch.check()  # a stop/kill that came before root picked the request up
                 exit_code, error = self._execute(req, out)
             except source.Refusal as refusal:
@@ -132,6 +138,10 @@ class Handler:
             except watch.Ended as ended:
                 exit_code, error = ended.exit_code, str(ended)
                 out.write(f"nixfleet-agent-privileged: {ended}\n".encode())
+                # ended while the gate waited or rolled back: its record is still there; going back
+                # is what a stop means, but the commit did not fail a check: it is not remembered
+                recovered = recovery.recover_into_results(self.s.out_dir, self.s.state_dir, self.system, str(ended),
+                                                          out, req.id, remember=False)
         if self.s.darwin and exit_code not in (0, REJECTED_EXIT) and not error:
             error = _user_agent_abort(op_dir / "output.log")
         doc: dict[str, object] = {"id": req.id, "action": req.action, "exit_code": exit_code,
@@ -140,6 +150,8 @@ class Handler:
             doc["error"] = error
         doc.update(self.s.guard.result_fields())  # activation, inhibitors, notes (guard/rootside.py)
         doc.update(self.gate.fields)  # health, rolled_back, failed_checks, bad_commits (health/gate.py)
+        if recovered is not None:
+            doc.update(recovered.fields, error=recovered.error)
         self.results.write_json(op_dir, "result.json", doc, req.owner)
         lifecycle.end(self.s.state_dir)
         self.results.prune(req.id)
@@ -190,6 +202,7 @@ class Handler:
             activated=lambda: self.s.guard.result_fields().get("activation") != "boot")
         if code == 0:
             self.deployed.record(req.commit, build, req.action, results.now())
+            self.s.guard.after_success(out, self._run)
         return code, error
 
     def _run(self, argv: list[str], out: BinaryIO) -> tuple[int, str]:
@@ -237,108 +250,23 @@ def _user_agent_abort(output: Path) -> str:
     return ""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nixfleet-agent-privileged",
-        description="Run one privileged switch request of the NixFleet agent (started by "
-                    "nixfleet-agent-privileged.path as root).")
-    add = parser.add_argument
-    add("--request", type=Path, required=True, help="request file the agent writes (the only path of the agent's "
-                                                      "root opens)")
-    add("--out-dir", type=Path, required=True, help="root-owned directory for results")
-    add("--state-dir", type=Path, help="root's private state: its clone, the last deployed commit "
-                                       "(default: <out-dir>/../root)")
-    add("--config", type=Path, help="the agent's TOML file as the NixOS module rendered it (root-owned): "
-                                    "repo_url, branch, hostname, agent_input, known_hosts_file, config_repo "
-                                    "for every option below not given")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--repo-url", help="the fleet repository root fetches itself (repoUrl)")
-    where.add_argument("--legacy-repo", type=Path, help="deprecated configRepo checkout, trusted as its owner")
-    add("--branch", help="branch of --repo-url that is published (default main)")
-    add("--flake-attr", help="the only flake attribute this host may build (its hostname)")
-    add("--ssh-key", type=Path, help="deploy key (default: $CREDENTIALS_DIRECTORY/ssh-key when present)")
-    add("--known-hosts", type=Path, help="pinned known_hosts for the repository host (strict); default: "
-                                         "accept-new into <state-dir>/known_hosts")
-    add("--allowed-signers", type=Path, help="SSH allowed signers file: require commits signed by them")
-    add("--openpgp-keys", type=Path, help="OpenPGP public keys file: require commits signed by them")
-    add("--agent-input", help="flake input force-update refreshes (default nixfleet-agent)")
-    add("--keep", type=int, default=results.KEEP, help="request directories kept")
-    rebuild = parser.add_mutually_exclusive_group()
-    rebuild.add_argument("--nixos-rebuild", default=None, help="nixos-rebuild executable (NixOS)")
-    rebuild.add_argument("--darwin-rebuild", default=None, help="darwin-rebuild executable: this is a nix-darwin "
-                                                                 "host (started by the root launchd daemon)")
-    add("--systemctl", default="systemctl", help="systemctl executable (reboot on NixOS)")
-    add("--shutdown", default="/sbin/shutdown", help="shutdown executable (reboot on nix-darwin)")
-    add("--nix", default="nix", help="nix executable (force-update's lock refresh)")
-    add("--health-interval", type=float, default=2.0, help=argparse.SUPPRESS)  # tests: seconds between rounds
-    add("--gpg", default="gpg", help="gpg executable (OpenPGP signatures)")
-    add("--ssh-keygen", default="ssh-keygen", help="ssh-keygen executable (SSH signatures)")
-    add("--timeout", type=int, help="seconds one run may take before root ends it (default "
-                                    f"{watch.DEFAULT_TIMEOUT}; privileged_timeout in --config)")
-    add("--finalize", action="store_true", help="ExecStopPost=: write the result the main run left out, if any")
-    add("--log-level", default="info", choices=sorted(log.LEVELS))
-    rootside.add_arguments(parser)
-    return parser
-
-
-def _bad(option: str, error: str) -> int:
-    _log.error("bad-argument", option=option, error=error)
-    return REJECTED_EXIT
-
-
-# TOML key -> option, for --config; the module renders these from the same options the agent uses
-_FROM_CONFIG = {"repo_url": "repo_url", "config_repo": "legacy_repo", "branch": "branch", "hostname": "flake_attr",
-                "agent_input": "agent_input", "known_hosts_file": "known_hosts", "privileged_timeout": "timeout"}
-_DEFAULTS = {"branch": "main", "flake_attr": "", "agent_input": DEFAULT_AGENT_INPUT}
-
-
-def _apply_config(args: argparse.Namespace) -> str | None:
-    """Fill options not given from the agent's rendered TOML; an error text when it is unusable.
-
-    The file must be root's and writable by nobody else: it decides what root fetches and builds,
-    so it may come from the store or /etc, never from a place the agent can write."""
-    if args.config is not None:
-        def roots(info: os.stat_result) -> str | None:
-            if info.st_uid != 0 and info.st_uid != os.geteuid() or info.st_mode & 0o022:
-                return "must be owned by root and writable by nobody else"
-            return None
-
-        try:
-            doc = tomllib.loads(localfile.read_text(str(args.config), CONFIG_FILE_MAX, check=roots))
-        except localfile.LocalFileError as exc:
-            return str(exc)
-        except tomllib.TOMLDecodeError as exc:
-            return f"cannot read {args.config}: {exc}"
-        args.health = health_settings.parse(doc.get("health"))
-        if args.health.problems:
-            return "; ".join(args.health.problems)
-        if args.repo_url is None and args.legacy_repo is None:
-            if doc.get("repo_url"):
-                args.repo_url = str(doc["repo_url"])
-            elif doc.get("config_repo"):
-                args.legacy_repo = Path(str(doc["config_repo"]))
-        for key, name in _FROM_CONFIG.items():
-            if key in ("repo_url", "config_repo") or getattr(args, name) is not None or not doc.get(key):
-                continue
-            setattr(args, name, Path(str(doc[key])) if name == "known_hosts" else
-                    doc[key] if name == "timeout" else str(doc[key]))
-    for name, value in _DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.repo_url is None and args.legacy_repo is None:
-        return "neither --repo-url nor --legacy-repo given (nor repo_url/config_repo in --config)"
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = options.parser().parse_args(argv)
     log.setup(args.log_level)
     os.umask(0o077)
     if args.finalize:
         if not (args.out_dir.is_absolute() and (args.state_dir is None or args.state_dir.is_absolute())):
-            return _bad("out-dir", "must be an absolute path")
-        return lifecycle.finalize(args.out_dir, args.state_dir or args.out_dir.parent / "root", os.environ)
-    problem = _apply_config(args)
+            return options.bad("out-dir", "must be an absolute path")
+        state_dir = args.state_dir or args.out_dir.parent / "root"
+        system = recovery.system(Path(args.system_profile), args.current_system, nix_env=args.nix_env,
+                                 systemctl=args.systemctl, darwin=args.darwin_rebuild is not None, env=os.environ)
+        try:  # stopped during a gated switch: undone now (see health/pending.py)
+            recovery.recover_into_results(args.out_dir, state_dir, system,
+                                          f"root was stopped ({lifecycle.describe_end(os.environ)})")
+        except OSError as exc:
+            _log.error("recovery-failed", error=f"{exc.filename or ''}: {exc.strerror or exc}")
+        return lifecycle.finalize(args.out_dir, state_dir, os.environ)
+    problem = options.apply_config(args)
     if problem:
         return _unconfigured(args, problem)
     paths = ("request", "out_dir", "state_dir", "legacy_repo", "ssh_key", "known_hosts", "allowed_signers",
@@ -346,17 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in paths:
         value = getattr(args, name)
         if value is not None and not value.is_absolute():
-            return _bad(name.replace("_", "-"), "must be an absolute path")
+            return options.bad(name.replace("_", "-"), "must be an absolute path")
     timeout = watch.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     if type(timeout) is not int or timeout < 1:
         return _unconfigured(args, f"privileged_timeout: must be a positive number of seconds (got {timeout!r})")
     if not _BRANCH.fullmatch(args.branch) or args.branch.startswith(("-", "/")) or ".." in args.branch:
-        return _bad("branch", f"not a branch name: {args.branch!r}")
+        return options.bad("branch", f"not a branch name: {args.branch!r}")
     state_dir = args.state_dir or args.out_dir.parent / "root"
     for name in ("allowed_signers", "openpgp_keys", "known_hosts"):
         value = getattr(args, name)
         if value is not None and not value.is_file():
-            return _bad(name.replace("_", "-"), f"{value} does not exist")
+            return options.bad(name.replace("_", "-"), f"{value} does not exist")
     settings = Settings(out_dir=args.out_dir, state_dir=state_dir,
                         nixos_rebuild=args.darwin_rebuild or args.nixos_rebuild or "nixos-rebuild",
                         darwin=args.darwin_rebuild is not None, systemctl=args.systemctl, shutdown=args.shutdown, nix=args.nix, flake_attr=args.flake_attr,

@@ -58,6 +58,15 @@ class Results:
     def open_log(self, op_dir: Path, owner: int) -> BinaryIO:
         return os.fdopen(_create(op_dir / "output.log", owner), "wb", buffering=0)
 
+    def append_log(self, op_dir: Path, owner: int) -> BinaryIO:
+        """More lines for a request's log after its run ended (``--finalize``): appended, so the
+        agent following the file sees them; never through a link."""
+        try:
+            fd = os.open(op_dir / "output.log", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = _create(op_dir / "output.log", owner)
+        return os.fdopen(fd, "wb", buffering=0)
+
     def write_json(self, directory: Path, name: str, doc: Mapping[str, object], owner: int) -> None:
         """Atomically: a reader sees no file or the whole document."""
         tmp = directory / f".{name}.{os.getpid()}.tmp"
