@@ -186,7 +186,7 @@ class Dispatcher:
 
     def resume(self) -> None:
         """Report switches/rollbacks a previous agent process started but did not report."""
-        ops = operations.unreported(self.ctx.cfg.state_dir)
+        ops = operations.unreported(self.ctx.cfg.state_dir, self.ctx.cfg.privileged_dir)
         if not ops:
             return
         with self._lock:

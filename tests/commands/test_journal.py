@@ -85,6 +85,26 @@ def test_wrong_typed_record_is_quarantined_once_not_an_internal_error_each_start
     assert "quarantined operation record" in human.stdout
 
 
+def test_a_privileged_record_naming_another_results_directory_is_quarantined(session, tmp_path: Path) -> None:
+    """A record can only point at root's results in the configured privileged directory: one that
+    names a look-alike tree elsewhere (with a forged success) is not reported, it is quarantined."""
+    session.start()
+    state = Path(session.agent.env["NIXFLEET_STATE_DIR"])
+    session.agent.stop()
+    op_id = "20261201T000003Z-f00d"
+    forged = tmp_path / "forged" / op_id
+    forged.mkdir(parents=True)
+    (forged / "output.log").write_text("switched\n")
+    (forged / "result.json").write_text(json.dumps({"id": op_id, "exit_code": 0, "finished_at": "x"}))
+    _write(state, op_id, _record(state, op_id, launcher="privileged", log_path=str(forged / "output.log"),
+                                 result_path=str(forged / "result.json")))
+    mark = session.dash.mark()
+    session.start()
+    session.dash.wait_message("heartbeat", since=session.dash.mark(), timeout=5)
+    assert (state / "operations" / f"{op_id}.bad").is_file()
+    assert not session.dash.messages("status", since=mark), "a forged result was reported"
+
+
 def test_status_never_raises_on_a_type_corrupted_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

@@ -68,7 +68,7 @@ def open_command_log(ctx: Context, name: str, op_id: str | None = None) -> oplog
     reopened = op_id is not None and (oplog.logs_dir(state_dir) / f"{op_id}.log").exists()
     header = None if reopened else f"# {name} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     # a switch's log must survive rotation until its result has been reported
-    keep = tuple(op.id for op in operations.unreported(state_dir))
+    keep = tuple(op.id for op in operations.unreported(state_dir, ctx.cfg.privileged_dir))
     try:
         return oplog.open_log(state_dir, op_id, header=header, protect=keep,
                               max_bytes=ctx.cfg.op_log_max_mb * 1024 * 1024)

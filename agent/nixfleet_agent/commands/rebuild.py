@@ -356,7 +356,7 @@ def finish_operation(job: Job, op: operations.Operation, result: Result) -> None
     # dashboard confirmed it, so from here the journal - not this record - owns its delivery: marked
     # at once, a restart neither loses it nor reports it a second time from the record.
     agentside.reflect(job, op, result)  # compartments say what failed; root's bad list mirrored
-    operations.mark_reported(Path(ctx.cfg.state_dir), op)
+    operations.mark_reported(Path(ctx.cfg.state_dir), op, ctx.cfg.privileged_dir)
     visibility_record.finish(ctx.status, op.action, op.commit, result.ok)  # issue 16: drift, metrics
     _log.info("operation_reported", id=op.id, command=op.command, exit_code=result.exit_code)
     ctx.reporter.heartbeat_now()

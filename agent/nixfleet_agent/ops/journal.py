@@ -105,8 +105,10 @@ _KINDS = {"argv": "argv", "pid": "pid", "started_at": "time", "refresh": "bool",
 _REQUIRED = ("id", "command", "action", "argv", "launcher", "log_path", "result_path")
 
 
-def parse(data: object, stem: str, state_dir: Path) -> Operation:
-    """A validated Operation from a decoded record named ``<stem>.json``, or BadRecord."""
+def parse(data: object, stem: str, state_dir: Path, privileged_dir: Path | None = None) -> Operation:
+    """A validated Operation from a decoded record named ``<stem>.json``, or BadRecord. With the
+    configured ``privileged_dir`` a privileged record must name exactly root's paths of its id
+    there (without it, only their shape is checked: a tool reading a journal without the config)."""
     if not isinstance(data, dict):
         raise BadRecord(f"not a JSON object (got {type(data).__name__})")
     missing = [k for k in _REQUIRED if k not in data]
@@ -131,7 +133,8 @@ def parse(data: object, stem: str, state_dir: Path) -> Operation:
     if op.unit and (op.launcher != "detached" or op.unit != switch_unit(op.id)):
         raise BadRecord(f"unit {op.unit[:80]!r} is not the switch unit of this id")
     log_path, result_path = Path(op.log_path), Path(op.result_path)
-    privileged_dir = log_path.parent.parent if op.launcher == "privileged" else Path("/")
+    if privileged_dir is None:
+        privileged_dir = log_path.parent.parent if op.launcher == "privileged" else Path("/")
     if ".." in log_path.parts or (log_path, result_path) != expected_paths(
         state_dir, op.id, op.launcher, privileged_dir
     ):
@@ -150,7 +153,7 @@ def quarantine(path: Path, reason: str) -> None:
     privatefs.quarantine(path, reason, "operation_record")
 
 
-def load_all(state_dir: Path) -> list[Operation]:
+def load_all(state_dir: Path, privileged_dir: Path | None = None) -> list[Operation]:
     """All valid operation records, oldest first; a bad one is quarantined (see module doc)."""
     out: list[Operation] = []
     try:
@@ -171,7 +174,7 @@ def load_all(state_dir: Path) -> list[Operation]:
             quarantine(path, f"not a JSON record: {str(exc)[:120]}")
             continue
         try:
-            out.append(parse(data, path.stem, state_dir))
+            out.append(parse(data, path.stem, state_dir, privileged_dir))
         except BadRecord as exc:
             quarantine(path, str(exc))
     return out
@@ -184,11 +187,11 @@ def quarantined(state_dir: Path) -> list[Path]:
         return []
 
 
-def unreported(state_dir: Path) -> list[Operation]:
-    return [op for op in load_all(state_dir) if not op.reported]
+def unreported(state_dir: Path, privileged_dir: Path | None = None) -> list[Operation]:
+    return [op for op in load_all(state_dir, privileged_dir) if not op.reported]
 
 
-def mark_reported(state_dir: Path, op: Operation) -> None:
+def mark_reported(state_dir: Path, op: Operation, privileged_dir: Path | None = None) -> None:
     op.reported = True
     save(state_dir, op)
     # a launch file the wrapper never read (the agent died before the launch) carries an environment
@@ -196,13 +199,13 @@ def mark_reported(state_dir: Path, op: Operation) -> None:
         (ops_dir(state_dir) / f"{op.id}.launch").unlink(missing_ok=True)
     except OSError:
         pass
-    prune(state_dir)
+    prune(state_dir, privileged_dir=privileged_dir)
 
 
-def prune(state_dir: Path, keep: int = KEEP_REPORTED) -> None:
+def prune(state_dir: Path, keep: int = KEEP_REPORTED, privileged_dir: Path | None = None) -> None:
     """Keep the newest ``keep`` reported records (with their result/offset files) and the newest
     quarantined ones, so the journal stays bounded."""
-    done = [op for op in load_all(state_dir) if op.reported]
+    done = [op for op in load_all(state_dir, privileged_dir) if op.reported]
     directory = ops_dir(state_dir)
     for op in done[: max(0, len(done) - keep)]:
         for suffix in (".json", ".result", ".offset", ".launch"):
