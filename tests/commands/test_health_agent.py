@@ -43,7 +43,8 @@ class RootUnit:
                      "--flake-attr", HOST, "--out-dir", str(self.out_dir), "--state-dir", str(tmp / "root-state"),
                      "--nixos-rebuild", str(tmp / "bin" / "nixos-rebuild"), "--systemctl", str(SHIMS / "systemctl"),
                      "--nix", str(SHIMS / "nix"), "--nix-env", str(gens.nix_env),
-                     "--system-profile", str(gens.profile), "--health-interval", "0.2"]
+                     "--system-profile", str(gens.profile), "--current-system", str(gens.current_link),
+                     "--health-interval", "0.2"]
         self.env = dict(env)
         self.gens = gens
         self.next = "good"
@@ -56,9 +57,8 @@ class RootUnit:
     def _loop(self) -> None:
         while not self._stop.wait(0.05):
             if self.request.exists():
-                env = {**self.env, "HEALTH_STORE": str(self.gens.store), "HEALTH_PROFILE": str(self.gens.profile),
-                       "HEALTH_ACTIVE": str(self.gens.active), "HEALTH_NIX_ENV": str(self.gens.nix_env),
-                       "HEALTH_NEXT": self.next, "HEALTH_BUILD_SLEEP": self.build_sleep, "SHIM_CALLS": str(self.gens.store.parent / "calls")}
+                env = {**self.env, **self.gens.variables(self.next), "HEALTH_BUILD_SLEEP": self.build_sleep,
+                       "SHIM_CALLS": str(self.gens.store.parent / "calls")}
                 proc = subprocess.run(self.argv, env=env, capture_output=True, timeout=120, check=False)
                 self.runs.append(proc.returncode)
 
@@ -206,3 +206,23 @@ def test_home_manager_healthy_switch_reregisters_and_passes(session, tmp_path: P
     assert any(line.startswith("health: all checks passed") for line in session.lines(records))
     assert session.dash.messages("register", since=mark)[0].index < session.status_of("switch", mark).index
     assert not (session.shims.dir / "activated").exists()
+
+
+def test_home_manager_agent_killed_during_its_checks_decides_again_after_the_restart(session, tmp_path: Path) -> None:
+    """Home Manager has no root side: the switch's record stays unreported while the agent checks,
+    so the agent that comes back (systemd/launchd restart it) runs the checks again and rolls back."""
+    _hm_generations(tmp_path, session.shims, 3)
+    env = dict(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=_hm_config(tmp_path, "exit 3", False))
+    session.start(**env)
+    mark = session.send("switch")
+    session.dash.wait_message("output", since=mark, timeout=30,
+                              where=lambda r: "Health checks" in str(r.payload.get("line", "")))
+    os.kill(session.agent.pid, signal.SIGKILL)
+    session.agent.proc.wait(10)
+    assert not (session.shims.dir / "activated").exists()
+    session.start(**env)
+    status = session.dash.wait_message("status", since=mark, timeout=60,
+                                       where=lambda r: r.payload.get("command") == "switch").payload
+    assert status["status"] == "error", status
+    assert "rolled back to Home Manager generation 2" in str(status["message"]), status
+    assert (session.shims.dir / "activated").read_text().split() == ["2"]

@@ -82,12 +82,15 @@ class Generations:
         self.boot.write_text(f"{first}\n")
         self.stc_calls.write_text("")
 
+    def variables(self, next_state: str = "good", activate_exit: int = 0, build_exit: int = 0) -> dict[str, str]:
+        """What the stand-ins read from their environment."""
+        return dict(HEALTH_STORE=str(self.store), HEALTH_PROFILE=str(self.profile), HEALTH_ACTIVE=str(self.active),
+                    HEALTH_NIX_ENV=str(self.nix_env), HEALTH_NEXT=next_state, HEALTH_CURRENT=str(self.current_link),
+                    HEALTH_BOOT=str(self.boot), HEALTH_STC_CALLS=str(self.stc_calls), HEALTH_STC=str(self.stc),
+                    HEALTH_NEW_ACTIVATE_EXIT=str(activate_exit), HEALTH_BUILD_EXIT=str(build_exit))
+
     def env(self, next_state: str = "good", activate_exit: int = 0, build_exit: int = 0) -> None:
-        os.environ.update(HEALTH_STORE=str(self.store), HEALTH_PROFILE=str(self.profile),
-                          HEALTH_ACTIVE=str(self.active), HEALTH_NIX_ENV=str(self.nix_env), HEALTH_NEXT=next_state,
-                          HEALTH_CURRENT=str(self.current_link), HEALTH_BOOT=str(self.boot),
-                          HEALTH_STC_CALLS=str(self.stc_calls), HEALTH_STC=str(self.stc),
-                          HEALTH_NEW_ACTIVATE_EXIT=str(activate_exit), HEALTH_BUILD_EXIT=str(build_exit))
+        os.environ.update(self.variables(next_state, activate_exit, build_exit))
 
     def current(self) -> str:
         return os.path.realpath(self.profile)
