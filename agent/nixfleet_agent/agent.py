@@ -33,6 +33,7 @@ from .visibility.service import Visibility
 
 _log = log.get("agent")
 REPO_PREPARE_WAIT = 20.0  # seconds the first clone may delay the first connection
+JOIN_SLICE = 0.1  # seconds: how late a signal's handler may run while the agent waits for its command
 SHUTDOWN_COMMAND_WAIT = 5.0  # seconds a running command gets to record where it got to on shutdown
 EXIT_SIGINT = 130  # Ctrl-C in a terminal: 128 + SIGINT, as a shell reports an interrupted program
 
@@ -278,7 +279,13 @@ class Agent:
         self._wait_for_stop()
         _log.info("stopping", exit_code=self.exit_code)
         if self.dispatcher is not None:
-            self.dispatcher.join(SHUTDOWN_COMMAND_WAIT)
+            deadline = time.monotonic() + SHUTDOWN_COMMAND_WAIT
+            # in slices: a second Ctrl-C the kernel delivers to another thread runs its handler only
+            # when the main thread runs Python again, and a thread join is not woken by it (seen:
+            # the handler ran 3 s late, after the grace's own SIGKILL)
+            while self.dispatcher.join(min(JOIN_SLICE, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    break
         if self.connection.registered:
             self.outbox.drain(2.0)  # last output lines; request_exit has already flushed its own
         self.connection.shutdown("shutdown", timeout=2.0)

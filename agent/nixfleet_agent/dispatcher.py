@@ -239,14 +239,17 @@ class Dispatcher:
             self._release(job)
             self.ctx.reporter.status(name, "error", 1, f"cannot start the command: {exc}")
 
-    def join(self, timeout: float) -> None:
+    def join(self, timeout: float) -> bool:
         """Agent shutdown: give the running command time to wind down before the process exits.
         A followed switch saves its log offset and an attached command reports how it ended; a
-        daemon thread cut off mid-way would make the next agent repeat or miss output."""
+        daemon thread cut off mid-way would make the next agent repeat or miss output. True while
+        the command still runs."""
         with self._lock:
             worker = self._worker
         if worker is not None:
             worker.join(timeout)
+            return worker.is_alive()
+        return False
 
     def _work(self, job: Job, body: Callable[[Job], None]) -> None:
         try:

@@ -19,8 +19,8 @@ from test_dispatcher_race import RecordingReporter
 
 @pytest.mark.parametrize("how", ["kill", "kill_command", "stop"])
 def test_cancel_between_two_steps_skips_the_next_one(tmp_path: Path, how: str) -> None:
-    cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
-                          platform="nixos", stop_grace=3)
+    cfg = SimpleNamespace(state_dir=tmp_path / "state", privileged_dir=tmp_path / "privileged", op_log_max_mb=50,
+                          repo_dir=tmp_path / "repo", hostname="h", platform="nixos", stop_grace=3)
     cfg.state_dir.mkdir(mode=0o700)
     rep = RecordingReporter()
     dispatcher = Dispatcher(Context(cfg=cfg, reporter=rep, status=StatusStore(cfg.state_dir), repo=None,  # type: ignore[arg-type]

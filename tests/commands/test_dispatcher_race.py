@@ -53,8 +53,8 @@ def dispatcher_with_test(tmp_path: Path, script: str) -> tuple[Dispatcher, Recor
     tests.mkdir(parents=True)
     (tests / "T01.sh").write_text(script)
     (tests / "T01.sh").chmod(0o755)
-    cfg = SimpleNamespace(state_dir=tmp_path / "state", op_log_max_mb=50, repo_dir=tmp_path / "repo", hostname="h",
-                          platform="nixos", stop_grace=3)
+    cfg = SimpleNamespace(state_dir=tmp_path / "state", privileged_dir=tmp_path / "privileged", op_log_max_mb=50,
+                          repo_dir=tmp_path / "repo", hostname="h", platform="nixos", stop_grace=3)
     cfg.state_dir.mkdir(mode=0o700)
     rep = RecordingReporter()
     stop = threading.Event()

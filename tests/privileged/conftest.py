@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from root_support import RootRun
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +20,12 @@ def _restore_umask_and_environment() -> Iterator[None]:
     os.umask(umask)
     os.environ.clear()
     os.environ.update(environ)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[RootRun]]:
+    """Root programs a test started as processes; killed (with their build groups) afterwards."""
+    started: list[RootRun] = []
+    yield started
+    for run in started:
+        run.kill()

@@ -13,7 +13,6 @@ are profile symlink trees (``health_support``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,6 @@ LONG_GRACE = 600  # root is killed long before this ends
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     monkeypatch.setenv("SHIM_CALLS", str(tmp_path / "calls"))
     return Host(tmp_path)
-
-
-@pytest.fixture
-def runs() -> Iterator[list[RootRun]]:
-    started: list[RootRun] = []
-    yield started
-    for run in started:
-        run.kill()
 
 
 def configure(host: Host, gens: Generations, grace: int = LONG_GRACE, extra: str = "") -> None:

@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,6 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
     slow.write_text(SLOW)
     monkeypatch.setenv("SHIM_PIDS", str(tmp_path / "pids"))
     return host
-
-
-@pytest.fixture
-def runs() -> Iterator[list[RootRun]]:
-    started: list[RootRun] = []
-    yield started
-    for run in started:
-        run.kill()
 
 
 def build_pids(host: Host) -> tuple[int, int]:
