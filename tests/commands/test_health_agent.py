@@ -226,3 +226,40 @@ def test_home_manager_agent_killed_during_its_checks_decides_again_after_the_res
     assert status["status"] == "error", status
     assert "rolled back to Home Manager generation 2" in str(status["message"]), status
     assert (session.shims.dir / "activated").read_text().split() == ["2"]
+
+
+def test_home_manager_agent_restarted_during_its_checks_still_ignores_units_failed_before(
+        session, tmp_path: Path) -> None:
+    """The user units that had failed before the switch are kept in the operation's journal record:
+    the agent that comes back after a kill during its checks does not count them against the new
+    generation (they were kept in memory only, so the restarted agent rolled a healthy switch back)."""
+    _hm_generations(tmp_path, session.shims, 3)
+    # the checks run with a plain environment (PATH, locale, the user bus): a systemctl first on PATH
+    # whose user manager has one unit failed since before the switch, the shim for everything else
+    bin_dir = tmp_path / "failed-bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text('#!/bin/sh\ncase " $* " in *" list-units "*)\n'
+                                       '  echo "old.service loaded failed failed An older failure"; exit 0;;\n'
+                                       f'esac\nexec {SHIMS / "systemctl"} "$@"\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    healthy = tmp_path / "healthy"
+    config = tmp_path / "hm-agent.toml"
+    config.write_text("[health]\ngrace_period = 20\nrequire_reconnect = false\n"
+                      f'[[health.commands]]\nargv = ["/bin/sh", "-c", "test -e {healthy}"]\n')
+    env = dict(NIXFLEET_PLATFORM="home-manager", NIXFLEET_CONFIG=str(config),
+               PATH=f"{bin_dir}:{session.shims.env()['PATH']}")
+    session.start(**env)
+    mark = session.send("switch")
+    session.dash.wait_message("output", since=mark, timeout=30, where=lambda r: str(r.payload.get("line", "")).startswith(
+        "health: already failed before the switch, not counted: old.service"))
+    os.kill(session.agent.pid, signal.SIGKILL)
+    session.agent.proc.wait(10)
+    healthy.touch()
+    again = session.dash.mark()
+    session.start(**env)
+    status = session.dash.wait_message("status", since=mark, timeout=60,
+                                       where=lambda r: r.payload.get("command") == "switch").payload
+    assert status["status"] == "ok", status
+    assert not (session.shims.dir / "activated").exists()
+    lines = [str(r.payload.get("line", "")) for r in session.dash.messages("output", since=again)]
+    assert "health: already failed before the switch, not counted: old.service" in lines, lines

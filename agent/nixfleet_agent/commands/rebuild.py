@@ -202,6 +202,7 @@ def _switch(job: Job, refresh: bool = False, update_lock: bool = False) -> None:
     job.ctx.status.set("system", "working", "Switch in progress...")
     # the privileged root unit builds its own argv: it adds the same --option when asked to refresh
     op = _new_operation(job, "switch", switch_argv(job, refresh), refresh=refresh, update_lock=update_lock)
+    op.failed_before = agentside.failed_before(job)  # Home Manager's checks ignore these
     job.say(f"$ {' '.join(op.argv)}" if op.launcher == "detached" else
             f"requesting privileged switch of {op.commit[:7]} for {op.flake_attr}")
     result = launch_and_follow(job, op)

@@ -11,8 +11,8 @@
   rolled back. The final status message is root's error text, which says both.
 
 Hooks: :func:`gate` and :func:`reflect` in ``commands/rebuild.finish_operation``,
-:func:`before_switch` in ``commands/rebuild._switch``, :func:`heartbeat_fields` in the heartbeat,
-:func:`status_lines` in ``nixfleet-agent status``.
+:func:`before_switch` and :func:`failed_before` in ``commands/rebuild._switch``,
+:func:`heartbeat_fields` in the heartbeat, :func:`status_lines` in ``nixfleet-agent status``.
 """
 
 from __future__ import annotations
@@ -40,29 +40,16 @@ def _hm(job: Job) -> bool:
     return job.ctx.cfg.platform == "home-manager"
 
 
-_BASELINE: dict[str, frozenset[str]] = {}  # op id -> user units failed before the switch
-
-
 def _units_available() -> bool:
     return sys.platform != "darwin" and shutil.which("systemctl") is not None
 
 
-def _before_switch_failed(op: Operation) -> frozenset[str]:
-    return _BASELINE.pop(op.id, frozenset())
-
-
 def before_switch(job: Job, commit: str) -> str | None:
     """Home Manager, before ``home-manager switch``: the refusal text when ``commit`` is on the
-    agent's own bad list (NixOS: root refuses, the agent only asks); remembers which user units
-    had already failed, so the checks count only what the switch broke."""
+    agent's own bad list (NixOS: root refuses, the agent only asks)."""
     health = job.ctx.cfg.health
     if not _hm(job) or not health.enable or not commit:
         return None
-    if health.no_failed_units and _units_available():
-        from .checks import Runner
-
-        before, _ = Runner(health, user_manager=True).failed_units()
-        _BASELINE[job.op_id] = frozenset(before or ())
     entry = badlist.agent_list(job.ctx.cfg.state_dir).find(commit)
     if entry is None:
         return None
@@ -70,6 +57,19 @@ def before_switch(job: Job, commit: str) -> str | None:
         job.say(f"health: {commit[:7]} is on the bad list; switching anyway ({job.name})")
         return None
     return badlist.refusal_text(entry)
+
+
+def failed_before(job: Job) -> list[str]:
+    """Home Manager, right before the switch: the user units that had already failed, so the
+    checks count only what the switch broke. Kept in the operation's journal record, not in
+    memory: an agent restarted during its checks (health/agentside.gate runs again) still knows."""
+    health = job.ctx.cfg.health
+    if not (_hm(job) and health.enable and health.no_failed_units and _units_available()):
+        return []
+    from .checks import Runner
+
+    before, _ = Runner(health, user_manager=True).failed_units()
+    return sorted(before or ())
 
 
 def gate(job: Job, op: Operation, result: Result) -> Result:
@@ -93,7 +93,7 @@ def gate(job: Job, op: Operation, result: Result) -> Result:
     units = _units_available()
     runner = Runner(health, user_manager=True, as_root=False, units_available=units)
     if units and health.no_failed_units:
-        runner.baseline_failed = frozenset(_before_switch_failed(op))
+        runner.baseline_failed = frozenset(op.failed_before)
     report = runner.run(time.monotonic() + health.grace_period, job.say, job.ctx.stop_event, extra=extra)
     bad = badlist.agent_list(job.ctx.cfg.state_dir)
     if report.healthy:

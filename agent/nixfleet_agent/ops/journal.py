@@ -57,6 +57,9 @@ class Operation:
     update_lock: bool = False  # privileged force-update: root refreshes the agent's input before building
     pid: int | None = None
     unit: str = ""  # detached in a transient user unit: its name (switch_unit(id)); "" for a session
+    # Home Manager: user units already failed before the switch, so the health checks of an agent
+    # that restarts mid-gate still count only what the switch broke (health/agentside.py)
+    failed_before: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     reported: bool = False
 
@@ -100,7 +103,7 @@ def _check_type(name: str, value: Any, kind: str) -> None:
         raise BadRecord(f"field {name} has the wrong type (got {type(value).__name__})")
 
 
-_KINDS = {"argv": "argv", "pid": "pid", "started_at": "time", "refresh": "bool", "update_lock": "bool",
+_KINDS = {"argv": "argv", "failed_before": "argv", "pid": "pid", "started_at": "time", "refresh": "bool", "update_lock": "bool",
           "reported": "bool"}
 _REQUIRED = ("id", "command", "action", "argv", "launcher", "log_path", "result_path")
 
